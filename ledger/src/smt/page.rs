@@ -1,0 +1,421 @@
+//! Pages: the unit in which the sparse Merkle tree is stored and cached.
+//!
+//! The tree is binary, but a node-per-key layout would cost one database write per
+//! changed node, about twenty per updated account at a million accounts. Instead the
+//! tree is cut every [`PAGE_LEVELS`] levels into pages. A page rooted at depth `d` holds
+//! the [`SLOTS`] positions at depth `d + PAGE_LEVELS` below it; each slot is empty, holds
+//! the single leaf of its subtree, or points to a child page holding two or more leaves.
+//! The binary nodes inside a page are not stored: they are recomputed when the page is
+//! loaded and kept in memory as [`NodeSummary`] values, so an update rehashes only the
+//! path above the slots it changed.
+
+use std::sync::Arc;
+
+use stele_consensus::Hash;
+
+use crate::error::LedgerError;
+
+/// Binary levels spanned by one page.
+pub const PAGE_LEVELS: usize = 4;
+/// Slots at the bottom of a page.
+pub const SLOTS: usize = 1 << PAGE_LEVELS;
+/// Keys are 256 bits; the deepest page starts here and its slots are single keys.
+pub const PAGE_DEPTH_MAX: usize = 256 - PAGE_LEVELS;
+
+/// Bit `depth` of `key`, most significant first: `false` is left, `true` is right.
+pub fn key_bit(key: &Hash, depth: usize) -> bool {
+    debug_assert!(depth < 256);
+    (key.as_bytes()[depth / 8] >> (7 - depth % 8)) & 1 == 1
+}
+
+/// The slot of `key` in a page rooted at `depth` (bits `depth..depth + PAGE_LEVELS`).
+pub fn slot_of(key: &Hash, depth: usize) -> usize {
+    debug_assert!(depth.is_multiple_of(PAGE_LEVELS) && depth <= PAGE_DEPTH_MAX);
+    let byte = key.as_bytes()[depth / 8];
+    // PAGE_LEVELS is 4, so a page's slot bits are exactly one nibble.
+    if depth % 8 == 0 {
+        (byte >> 4) as usize
+    } else {
+        (byte & 0x0f) as usize
+    }
+}
+
+/// Hash of a leaf: `H(0x00 || key || value_hash)`. The one-byte prefixes keep leaves,
+/// internal nodes and every tagged hash (whose first byte is a tag length of 5 or
+/// more) apart.
+pub fn leaf_hash(key: &Hash, value_hash: &Hash) -> Hash {
+    let mut buf = [0u8; 65];
+    buf[1..33].copy_from_slice(key.as_bytes());
+    buf[33..].copy_from_slice(value_hash.as_bytes());
+    Hash::digest(&buf)
+}
+
+/// Hash of an internal node: `H(0x01 || left || right)`, with [`Hash::ZERO`] for an
+/// empty child.
+pub fn internal_hash(left: &Hash, right: &Hash) -> Hash {
+    let mut buf = [0u8; 65];
+    buf[0] = 1;
+    buf[1..33].copy_from_slice(left.as_bytes());
+    buf[33..].copy_from_slice(right.as_bytes());
+    Hash::digest(&buf)
+}
+
+/// Identifies a page: its depth and the key bits above it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PageId {
+    depth: u8,
+    prefix: [u8; 32],
+}
+
+impl PageId {
+    /// The root page.
+    pub const ROOT: PageId = PageId {
+        depth: 0,
+        prefix: [0; 32],
+    };
+
+    /// Depth of the page's top node.
+    pub fn depth(&self) -> usize {
+        self.depth as usize
+    }
+
+    /// The page below slot `slot` of this one.
+    pub fn child(&self, slot: usize) -> PageId {
+        let depth = self.depth();
+        assert!(depth < PAGE_DEPTH_MAX, "pages at the last level have no children");
+        assert!(slot < SLOTS);
+        let mut prefix = self.prefix;
+        let byte = &mut prefix[depth / 8];
+        if depth % 8 == 0 {
+            *byte |= (slot as u8) << 4;
+        } else {
+            *byte |= slot as u8;
+        }
+        PageId {
+            depth: (depth + PAGE_LEVELS) as u8,
+            prefix,
+        }
+    }
+
+    /// The page at `depth` on `key`'s path.
+    pub fn on_path(key: &Hash, depth: usize) -> PageId {
+        assert!(depth.is_multiple_of(PAGE_LEVELS) && depth <= PAGE_DEPTH_MAX);
+        let mut prefix = [0u8; 32];
+        let full_bytes = depth / 8;
+        prefix[..full_bytes].copy_from_slice(&key.as_bytes()[..full_bytes]);
+        if depth % 8 != 0 {
+            prefix[full_bytes] = key.as_bytes()[full_bytes] & 0xf0;
+        }
+        PageId {
+            depth: depth as u8,
+            prefix,
+        }
+    }
+
+    /// Whether `key` lies below this page.
+    pub fn covers(&self, key: &Hash) -> bool {
+        *self == PageId::on_path(key, self.depth())
+    }
+
+    /// Storage key: depth, then the prefix bytes that carry bits.
+    pub fn to_db_key(&self) -> Vec<u8> {
+        let used = self.depth().div_ceil(8);
+        let mut out = Vec::with_capacity(1 + used);
+        out.push(self.depth);
+        out.extend_from_slice(&self.prefix[..used]);
+        out
+    }
+
+    /// Parses [`PageId::to_db_key`].
+    pub fn from_db_key(bytes: &[u8]) -> Result<PageId, LedgerError> {
+        let corrupt = |detail: &str| LedgerError::Corrupt {
+            what: format!("state page key {}: {detail}", hex::encode(bytes)),
+        };
+        let (&depth, rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
+        let depth_usize = depth as usize;
+        if !depth_usize.is_multiple_of(PAGE_LEVELS) || depth_usize > PAGE_DEPTH_MAX {
+            return Err(corrupt("bad depth"));
+        }
+        if rest.len() != depth_usize.div_ceil(8) {
+            return Err(corrupt("bad length"));
+        }
+        let mut prefix = [0u8; 32];
+        prefix[..rest.len()].copy_from_slice(rest);
+        if depth_usize % 8 != 0 && prefix[rest.len() - 1] & 0x0f != 0 {
+            return Err(corrupt("bits below the depth are set"));
+        }
+        Ok(PageId { depth, prefix })
+    }
+}
+
+/// What a slot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Slot {
+    /// Nothing below.
+    #[default]
+    Empty,
+    /// Exactly one leaf below, stored here.
+    Leaf {
+        /// The leaf's key.
+        key: Hash,
+        /// Hash of its value.
+        value_hash: Hash,
+    },
+    /// Two or more leaves below, in the child page; `hash` is that page's root hash.
+    Child {
+        /// Root hash of the child page.
+        hash: Hash,
+    },
+}
+
+/// The shape of a binary subtree, enough to hash its parent and to prove through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NodeSummary {
+    /// No leaves below: hashes as [`Hash::ZERO`].
+    #[default]
+    Empty,
+    /// Exactly one leaf below, in page slot `slot`: the subtree collapses to that leaf.
+    Leaf {
+        /// The leaf hash.
+        hash: Hash,
+        /// Slot of the page holding the leaf.
+        slot: u8,
+    },
+    /// Two or more leaves below.
+    Internal {
+        /// The node hash.
+        hash: Hash,
+    },
+}
+
+impl NodeSummary {
+    /// The hash this subtree contributes to its parent.
+    pub fn hash(&self) -> Hash {
+        match self {
+            NodeSummary::Empty => Hash::ZERO,
+            NodeSummary::Leaf { hash, .. } | NodeSummary::Internal { hash } => *hash,
+        }
+    }
+
+    fn combine(left: NodeSummary, right: NodeSummary) -> NodeSummary {
+        match (left, right) {
+            (NodeSummary::Empty, NodeSummary::Empty) => NodeSummary::Empty,
+            // A single leaf with nothing beside it moves up: empty subtrees are compressed.
+            (leaf @ NodeSummary::Leaf { .. }, NodeSummary::Empty)
+            | (NodeSummary::Empty, leaf @ NodeSummary::Leaf { .. }) => leaf,
+            (l, r) => NodeSummary::Internal {
+                hash: internal_hash(&l.hash(), &r.hash()),
+            },
+        }
+    }
+}
+
+/// A page: its slots, and the binary nodes above them (heap order: node 1 is the page
+/// root, node `n` has children `2n` and `2n + 1`, slots are nodes `SLOTS..2 * SLOTS`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Page {
+    slots: [Slot; SLOTS],
+    internal: [NodeSummary; SLOTS],
+}
+
+impl Page {
+    /// The slot contents.
+    pub fn slot(&self, slot: usize) -> &Slot {
+        &self.slots[slot]
+    }
+
+    /// Replaces a slot. Call [`Page::rehash`] with the changed slots afterwards.
+    pub fn set_slot(&mut self, slot: usize, content: Slot) {
+        self.slots[slot] = content;
+    }
+
+    /// Summary of heap node `node` (1 to `2 * SLOTS - 1`).
+    pub fn summary(&self, node: usize) -> NodeSummary {
+        debug_assert!((1..2 * SLOTS).contains(&node));
+        if node >= SLOTS {
+            let slot = node - SLOTS;
+            match &self.slots[slot] {
+                Slot::Empty => NodeSummary::Empty,
+                Slot::Leaf { key, value_hash } => NodeSummary::Leaf {
+                    hash: leaf_hash(key, value_hash),
+                    slot: slot as u8,
+                },
+                Slot::Child { hash } => NodeSummary::Internal { hash: *hash },
+            }
+        } else {
+            self.internal[node]
+        }
+    }
+
+    /// The page's root summary.
+    pub fn root(&self) -> NodeSummary {
+        self.internal[1]
+    }
+
+    /// Recomputes the internal nodes above the slots set in `dirty_slots` (bit `s` for
+    /// slot `s`).
+    pub fn rehash(&mut self, dirty_slots: u32) {
+        // Bit n of `dirty` marks heap node n.
+        let mut dirty: u64 = u64::from(dirty_slots) << SLOTS;
+        let mut node = SLOTS - 1;
+        while node >= 1 {
+            if dirty & (0b11 << (2 * node)) != 0 {
+                self.internal[node] =
+                    NodeSummary::combine(self.summary(2 * node), self.summary(2 * node + 1));
+                dirty |= 1 << node;
+            }
+            node -= 1;
+        }
+    }
+
+    /// Recomputes every internal node (after decoding).
+    pub fn rehash_all(&mut self) {
+        self.rehash((1u32 << SLOTS) - 1);
+    }
+
+    /// Whether no slot is used.
+    pub fn is_empty(&self) -> bool {
+        self.slots.iter().all(|s| *s == Slot::Empty)
+    }
+
+    /// Storage encoding: two 16-bit maps (leaf slots, child slots), then the slots in
+    /// order: 64 bytes for a leaf (key, value hash), 32 for a child (hash). Internal
+    /// nodes are derived, not stored.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut leaves: u16 = 0;
+        let mut children: u16 = 0;
+        let mut body = Vec::with_capacity(4 + SLOTS * 64);
+        body.extend_from_slice(&[0; 4]);
+        for (i, slot) in self.slots.iter().enumerate() {
+            match slot {
+                Slot::Empty => {}
+                Slot::Leaf { key, value_hash } => {
+                    leaves |= 1 << i;
+                    body.extend_from_slice(key.as_bytes());
+                    body.extend_from_slice(value_hash.as_bytes());
+                }
+                Slot::Child { hash } => {
+                    children |= 1 << i;
+                    body.extend_from_slice(hash.as_bytes());
+                }
+            }
+        }
+        body[..2].copy_from_slice(&leaves.to_le_bytes());
+        body[2..4].copy_from_slice(&children.to_le_bytes());
+        body
+    }
+
+    /// Decodes [`Page::encode`] output for page `id`, checking that every leaf lies in
+    /// the slot its key selects.
+    pub fn decode(id: &PageId, bytes: &[u8]) -> Result<Page, LedgerError> {
+        let corrupt = |detail: &str| LedgerError::Corrupt {
+            what: format!("state page {id:?}: {detail}"),
+        };
+        if bytes.len() < 4 {
+            return Err(corrupt("shorter than its header"));
+        }
+        let leaves = u16::from_le_bytes([bytes[0], bytes[1]]);
+        let children = u16::from_le_bytes([bytes[2], bytes[3]]);
+        if leaves & children != 0 {
+            return Err(corrupt("a slot is both leaf and child"));
+        }
+        let expected_len =
+            4 + 64 * leaves.count_ones() as usize + 32 * children.count_ones() as usize;
+        if bytes.len() != expected_len {
+            return Err(corrupt("length does not match its slot maps"));
+        }
+        let mut page = Page::default();
+        let mut at = 4;
+        let mut take = |n: usize| {
+            let out = &bytes[at..at + n];
+            at += n;
+            out
+        };
+        for i in 0..SLOTS {
+            if leaves & (1 << i) != 0 {
+                let key = hash_from(take(32));
+                let value_hash = hash_from(take(32));
+                if !id.covers(&key) || slot_of(&key, id.depth()) != i {
+                    return Err(corrupt("leaf stored outside its key's slot"));
+                }
+                page.slots[i] = Slot::Leaf { key, value_hash };
+            } else if children & (1 << i) != 0 {
+                if id.depth() >= PAGE_DEPTH_MAX {
+                    return Err(corrupt("child page below the last level"));
+                }
+                page.slots[i] = Slot::Child {
+                    hash: hash_from(take(32)),
+                };
+            }
+        }
+        page.rehash_all();
+        Ok(page)
+    }
+}
+
+fn hash_from(bytes: &[u8]) -> Hash {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(bytes);
+    Hash::from_bytes(out)
+}
+
+/// A page shared between the cache and in-flight updates.
+pub type SharedPage = Arc<Page>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_ids_follow_key_bits() {
+        let key = Hash::from_bytes([0xab; 32]);
+        assert_eq!(slot_of(&key, 0), 0xa);
+        assert_eq!(slot_of(&key, 4), 0xb);
+        let child = PageId::ROOT.child(0xa);
+        assert_eq!(child, PageId::on_path(&key, 4));
+        assert_eq!(child.child(0xb), PageId::on_path(&key, 8));
+        assert!(child.covers(&key));
+        assert!(!PageId::ROOT.child(0x3).covers(&key));
+        for depth in (0..=PAGE_DEPTH_MAX).step_by(PAGE_LEVELS) {
+            let id = PageId::on_path(&key, depth);
+            assert_eq!(PageId::from_db_key(&id.to_db_key()).unwrap(), id);
+        }
+        assert!(PageId::from_db_key(&[3]).is_err());
+        assert!(PageId::from_db_key(&[4, 0xff]).is_err());
+    }
+
+    #[test]
+    fn encoding_round_trips_and_rejects_misplaced_leaves() {
+        let mut page = Page::default();
+        let key = Hash::from_bytes([0x5c; 32]);
+        page.set_slot(5, Slot::Leaf {
+            key,
+            value_hash: Hash::digest(b"v"),
+        });
+        page.set_slot(9, Slot::Child {
+            hash: Hash::digest(b"c"),
+        });
+        page.rehash_all();
+        let bytes = page.encode();
+        assert_eq!(Page::decode(&PageId::ROOT, &bytes).unwrap(), page);
+        // The same bytes claimed for another page put the leaf off its path.
+        assert!(Page::decode(&PageId::ROOT.child(1), &bytes).is_err());
+        assert!(Page::decode(&PageId::ROOT, &bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn single_leaf_collapses_to_page_root() {
+        let mut page = Page::default();
+        let key = Hash::from_bytes([0x30; 32]);
+        let value_hash = Hash::digest(b"v");
+        page.set_slot(3, Slot::Leaf { key, value_hash });
+        page.rehash(1 << 3);
+        assert_eq!(
+            page.root(),
+            NodeSummary::Leaf {
+                hash: leaf_hash(&key, &value_hash),
+                slot: 3
+            }
+        );
+    }
+}

@@ -1,0 +1,638 @@
+//! The RocksDB store: blocks, certificates, receipts, the transaction index, the state
+//! tree and its history, the consensus safety state and metadata.
+//!
+//! # Atomicity
+//!
+//! Each block is committed with a single RocksDB write batch holding the block, its
+//! certificate, receipts, index entries, every state value and tree page it changes,
+//! the undo record for its height and the new chain tip. RocksDB applies a batch
+//! entirely or not at all, also across a crash (its write-ahead log replays whole
+//! batches only), so reopening always finds the last complete block and the state that
+//! goes with it. Writes are fsynced by default ([`StoreOptions::sync_writes`]).
+//!
+//! # State history
+//!
+//! Tree pages and values are stored at their latest version only. Each block also
+//! writes an undo record: the previous content of every page and value it changed. The
+//! state at an older height `v` is the latest state with the undo records of heights
+//! `latest, latest - 1, ..., v + 1` applied; records older than the last
+//! [`StoreOptions::state_versions_kept`] heights are deleted in the same batch.
+//! Compared with versioned node keys (Jellyfish Merkle tree), this writes each changed
+//! page once per block instead of once plus a deletion later.
+
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use lru::LruCache;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
+    Snapshot, WriteBatch, WriteOptions,
+};
+use stele_consensus::{CommitCertificate, Hash};
+
+use crate::block::{Block, Receipt};
+use crate::error::LedgerError;
+use crate::exec::{ChainTip, ExecutionOutcome};
+use crate::genesis::Genesis;
+use crate::smt::{self, Page, PageId, PageSource, SharedPage, SparseMerkleProof};
+use crate::state::{StateDelta, StateReader};
+
+const CF_BLOCKS: &str = "blocks";
+const CF_CERTIFICATES: &str = "certificates";
+const CF_TX_INDEX: &str = "tx_index";
+const CF_RECEIPTS: &str = "receipts";
+const CF_STATE_NODES: &str = "state_nodes";
+const CF_STATE_VALUES: &str = "state_values";
+const CF_STATE_HISTORY: &str = "state_history";
+const CF_SAFETY: &str = "safety";
+const CF_META: &str = "meta";
+
+const COLUMN_FAMILIES: [&str; 9] = [
+    CF_BLOCKS,
+    CF_CERTIFICATES,
+    CF_TX_INDEX,
+    CF_RECEIPTS,
+    CF_STATE_NODES,
+    CF_STATE_VALUES,
+    CF_STATE_HISTORY,
+    CF_SAFETY,
+    CF_META,
+];
+
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_GENESIS: &[u8] = b"genesis";
+const META_GENESIS_HASH: &[u8] = b"genesis_hash";
+const META_TIP: &[u8] = b"tip";
+const SCHEMA_VERSION: u32 = 1;
+
+/// Decoded undo records kept in memory for historical reads.
+const UNDO_CACHE_RECORDS: usize = 16;
+
+/// Tuning of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Heights whose state can be read and proven (the latest included). At least 1.
+    pub state_versions_kept: u64,
+    /// Tree pages kept decoded in memory (about 1.6 KiB each). The upper levels of the
+    /// tree are touched by every block, so in practice they always stay.
+    pub page_cache_pages: usize,
+    /// RocksDB block cache, in bytes.
+    pub block_cache_bytes: usize,
+    /// Fsync every commit. Turning it off keeps crash consistency against a process
+    /// crash but may lose the last blocks on power loss.
+    pub sync_writes: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            state_versions_kept: 64,
+            page_cache_pages: 256 * 1024,
+            block_cache_bytes: 256 * 1024 * 1024,
+            sync_writes: true,
+        }
+    }
+}
+
+/// Where a committed transaction is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct TxLocation {
+    /// Block height.
+    pub height: u64,
+    /// Position in the block.
+    pub index: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+struct StoredTip {
+    height: u64,
+    block_hash: Hash,
+    time_ms: u64,
+}
+
+/// Previous content of everything one height changed.
+#[derive(Debug, Default, BorshSerialize, BorshDeserialize)]
+struct UndoRecord {
+    /// (page key, encoded page before), sorted by page key.
+    pages: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// (value key, value before), sorted by key.
+    values: Vec<(Hash, Option<Vec<u8>>)>,
+}
+
+impl UndoRecord {
+    fn page(&self, db_key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.pages
+            .binary_search_by(|(k, _)| k.as_slice().cmp(db_key))
+            .ok()
+            .map(|i| &self.pages[i].1)
+    }
+
+    fn value(&self, key: &Hash) -> Option<&Option<Vec<u8>>> {
+        self.values
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .ok()
+            .map(|i| &self.values[i].1)
+    }
+}
+
+/// The node's database.
+pub struct Store {
+    db: DB,
+    options: StoreOptions,
+    genesis: Genesis,
+    genesis_hash: Hash,
+    tip: Mutex<ChainTip>,
+    /// Serialises commits: one writer at a time.
+    commit_lock: Mutex<()>,
+    pages: Mutex<LruCache<PageId, SharedPage>>,
+    undo: Mutex<LruCache<u64, Arc<UndoRecord>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("genesis_hash", &self.genesis_hash)
+            .field("tip", &self.tip())
+            .finish_non_exhaustive()
+    }
+}
+
+fn be(height: u64) -> [u8; 8] {
+    height.to_be_bytes()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data (a cache, a tip) that
+    // is still consistent, so poisoning is not a reason to fail.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn decode<T: BorshDeserialize>(what: &str, bytes: &[u8]) -> Result<T, LedgerError> {
+    borsh::from_slice(bytes).map_err(|e| LedgerError::Corrupt {
+        what: format!("{what}: {e}"),
+    })
+}
+
+fn encode<T: BorshSerialize>(value: &T) -> Vec<u8> {
+    borsh::to_vec(value).expect("borsh encoding to a Vec never fails")
+}
+
+impl Store {
+    /// Opens the store at `path` for the chain of `genesis`, creating it (with the
+    /// genesis state at height 0) if it does not exist. Refuses a store of another chain.
+    pub fn open(path: &Path, genesis: &Genesis, options: StoreOptions) -> Result<Store, LedgerError> {
+        assert!(options.state_versions_kept >= 1, "at least the latest state is kept");
+        let db = open_db(path, &options)?;
+        let genesis_hash = genesis.hash();
+        let page_capacity = NonZeroUsize::new(options.page_cache_pages.max(64)).expect("at least 64");
+        let undo_capacity = NonZeroUsize::new(UNDO_CACHE_RECORDS).expect("constant is positive");
+        let store = Store {
+            db,
+            options,
+            genesis: genesis.clone(),
+            genesis_hash,
+            tip: Mutex::new(ChainTip {
+                height: 0,
+                block_hash: genesis_hash,
+                time_ms: genesis.genesis_time_ms,
+            }),
+            commit_lock: Mutex::new(()),
+            pages: Mutex::new(LruCache::new(page_capacity)),
+            undo: Mutex::new(LruCache::new(undo_capacity)),
+        };
+        match store.db.get_pinned_cf(store.cf(CF_META), META_GENESIS_HASH)? {
+            None => store.write_genesis()?,
+            Some(stored) => {
+                let stored = Hash::from_bytes(stored.as_ref().try_into().map_err(|_| {
+                    LedgerError::Corrupt {
+                        what: "genesis hash is not 32 bytes".into(),
+                    }
+                })?);
+                if stored != genesis_hash {
+                    return Err(LedgerError::WrongGenesis {
+                        stored,
+                        given: genesis_hash,
+                    });
+                }
+                store.load_tip()?;
+            }
+        }
+        Ok(store)
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family is created at open")
+    }
+
+    fn write_genesis(&self) -> Result<(), LedgerError> {
+        let delta = self.genesis.state_delta()?;
+        let mut batch = WriteBatch::default();
+        self.put_state_delta(&mut batch, &delta);
+        let meta = self.cf(CF_META);
+        batch.put_cf(meta, META_SCHEMA, SCHEMA_VERSION.to_le_bytes());
+        batch.put_cf(meta, META_GENESIS, encode(&self.genesis));
+        batch.put_cf(meta, META_GENESIS_HASH, self.genesis_hash.as_bytes());
+        batch.put_cf(meta, META_TIP, encode(&self.stored_tip(&lock(&self.tip))));
+        self.db.write_opt(batch, &self.write_options())?;
+        self.cache_pages(&delta);
+        Ok(())
+    }
+
+    fn stored_tip(&self, tip: &ChainTip) -> StoredTip {
+        StoredTip {
+            height: tip.height,
+            block_hash: tip.block_hash,
+            time_ms: tip.time_ms,
+        }
+    }
+
+    fn load_tip(&self) -> Result<(), LedgerError> {
+        let meta = self.cf(CF_META);
+        let schema = self
+            .db
+            .get_pinned_cf(meta, META_SCHEMA)?
+            .ok_or_else(|| LedgerError::Corrupt {
+                what: "no schema version".into(),
+            })?;
+        if schema.as_ref() != SCHEMA_VERSION.to_le_bytes() {
+            return Err(LedgerError::Corrupt {
+                what: format!("schema version {:?}, this build reads {SCHEMA_VERSION}", schema.as_ref()),
+            });
+        }
+        let bytes = self
+            .db
+            .get_pinned_cf(meta, META_TIP)?
+            .ok_or_else(|| LedgerError::Corrupt {
+                what: "no chain tip".into(),
+            })?;
+        let stored: StoredTip = decode("chain tip", &bytes)?;
+        // The state and the tip are written in the same batch; check they agree.
+        let root = smt::root_hash(self)?;
+        let expected_root = if stored.height == 0 {
+            self.genesis.state_delta()?.root
+        } else {
+            self.block(stored.height)?
+                .ok_or_else(|| LedgerError::Corrupt {
+                    what: format!("tip block {} is missing", stored.height),
+                })?
+                .header
+                .state_root
+        };
+        if root != expected_root {
+            return Err(LedgerError::Corrupt {
+                what: format!(
+                    "state root {root} does not match block {}'s {expected_root}",
+                    stored.height
+                ),
+            });
+        }
+        *lock(&self.tip) = ChainTip {
+            height: stored.height,
+            block_hash: stored.block_hash,
+            time_ms: stored.time_ms,
+        };
+        Ok(())
+    }
+
+    fn write_options(&self) -> WriteOptions {
+        let mut options = WriteOptions::default();
+        options.set_sync(self.options.sync_writes);
+        options
+    }
+
+    /// The genesis this store was opened with.
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    /// The genesis hash.
+    pub fn genesis_hash(&self) -> Hash {
+        self.genesis_hash
+    }
+
+    /// The last committed block (height 0 and the genesis hash before any block).
+    pub fn tip(&self) -> ChainTip {
+        lock(&self.tip).clone()
+    }
+
+    /// The block at `height`.
+    pub fn block(&self, height: u64) -> Result<Option<Block>, LedgerError> {
+        self.get_decoded(CF_BLOCKS, &be(height), "block")
+    }
+
+    /// The certificate that decided the block at `height`.
+    pub fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>, LedgerError> {
+        self.get_decoded(CF_CERTIFICATES, &be(height), "certificate")
+    }
+
+    /// The receipts of the block at `height`.
+    pub fn receipts(&self, height: u64) -> Result<Option<Vec<Receipt>>, LedgerError> {
+        self.get_decoded(CF_RECEIPTS, &be(height), "receipts")
+    }
+
+    /// Where the transaction with `hash` was committed.
+    pub fn tx_location(&self, hash: &Hash) -> Result<Option<TxLocation>, LedgerError> {
+        self.get_decoded(CF_TX_INDEX, hash.as_bytes(), "transaction index entry")
+    }
+
+    fn get_decoded<T: BorshDeserialize>(&self, cf: &str, key: &[u8], what: &str) -> Result<Option<T>, LedgerError> {
+        match self.db.get_pinned_cf(self.cf(cf), key)? {
+            None => Ok(None),
+            Some(bytes) => decode(what, &bytes).map(Some),
+        }
+    }
+
+    /// Commits a decided block: the block, its certificate and its execution outcome,
+    /// computed on top of the current state, in one atomic batch.
+    ///
+    /// # Panics
+    ///
+    /// If `outcome` is not the execution of `block` (heights or roots differ): the
+    /// caller mixed up blocks, and committing would corrupt the chain.
+    pub fn commit_block(
+        &self,
+        block: &Block,
+        certificate: &CommitCertificate,
+        outcome: &ExecutionOutcome,
+    ) -> Result<(), LedgerError> {
+        let _commit = lock(&self.commit_lock);
+        let tip = self.tip();
+        let height = block.header.height;
+        if height != tip.height + 1 {
+            return Err(LedgerError::NotNextHeight {
+                expected: tip.height + 1,
+                got: height,
+            });
+        }
+        assert_eq!(outcome.height, height, "outcome of another height");
+        assert_eq!(outcome.delta.version, height, "delta of another height");
+        assert_eq!(outcome.delta.root, block.header.state_root, "outcome of another block");
+        assert_eq!(outcome.receipts.len(), block.txs.len(), "receipt count");
+        let root = smt::root_hash(self)?;
+        if outcome.delta.base_root != root {
+            return Err(LedgerError::StaleDelta {
+                expected: root,
+                got: outcome.delta.base_root,
+            });
+        }
+        let mut batch = WriteBatch::default();
+        let key = be(height);
+        batch.put_cf(self.cf(CF_BLOCKS), key, encode(block));
+        batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(certificate));
+        batch.put_cf(self.cf(CF_RECEIPTS), key, encode(&outcome.receipts));
+        let index_cf = self.cf(CF_TX_INDEX);
+        for (index, receipt) in outcome.receipts.iter().enumerate() {
+            let location = TxLocation {
+                height,
+                index: index as u32,
+            };
+            batch.put_cf(index_cf, receipt.tx_hash.as_bytes(), encode(&location));
+        }
+        self.put_state_delta(&mut batch, &outcome.delta);
+        let new_tip = ChainTip {
+            height,
+            block_hash: block.hash(),
+            time_ms: block.header.time_ms,
+        };
+        batch.put_cf(self.cf(CF_META), META_TIP, encode(&self.stored_tip(&new_tip)));
+        self.db.write_opt(batch, &self.write_options())?;
+        self.cache_pages(&outcome.delta);
+        *lock(&self.tip) = new_tip;
+        Ok(())
+    }
+
+    /// Adds a state delta to `batch`: values, pages, its undo record, and the deletion
+    /// of undo records that fall out of the kept window.
+    fn put_state_delta(&self, batch: &mut WriteBatch, delta: &StateDelta) {
+        let values_cf = self.cf(CF_STATE_VALUES);
+        let nodes_cf = self.cf(CF_STATE_NODES);
+        let mut undo = UndoRecord::default();
+        for change in &delta.values {
+            match &change.new {
+                Some(value) => batch.put_cf(values_cf, change.key.as_bytes(), value),
+                None => batch.delete_cf(values_cf, change.key.as_bytes()),
+            }
+            undo.values.push((change.key, change.old.clone()));
+        }
+        for change in &delta.pages {
+            let key = change.id.to_db_key();
+            match &change.new {
+                Some(page) => batch.put_cf(nodes_cf, &key, page.encode()),
+                None => batch.delete_cf(nodes_cf, &key),
+            }
+            undo.pages.push((key, change.old.as_ref().map(|p| p.encode())));
+        }
+        undo.pages.sort_by(|a, b| a.0.cmp(&b.0));
+        // `values` arrive sorted by key from StateDelta::compute.
+        debug_assert!(undo.values.windows(2).all(|w| w[0].0 < w[1].0));
+        if delta.version > 0 {
+            let history_cf = self.cf(CF_STATE_HISTORY);
+            batch.put_cf(history_cf, be(delta.version), encode(&undo));
+            // Keep the undo records of the last `kept - 1` heights: enough to rebuild
+            // the state of each of the last `kept` heights.
+            let oldest_kept = self.oldest_version(delta.version);
+            if oldest_kept > 0 {
+                batch.delete_range_cf(history_cf, be(0), be(oldest_kept + 1));
+            }
+        }
+    }
+
+    fn oldest_version(&self, latest: u64) -> u64 {
+        latest.saturating_sub(self.options.state_versions_kept - 1)
+    }
+
+    fn cache_pages(&self, delta: &StateDelta) {
+        let mut cache = lock(&self.pages);
+        for change in &delta.pages {
+            match &change.new {
+                Some(page) => {
+                    cache.put(change.id, page.clone());
+                }
+                None => {
+                    cache.pop(&change.id);
+                }
+            }
+        }
+    }
+
+    /// A consistent view of the state at `version`, which must be one of the last
+    /// [`StoreOptions::state_versions_kept`] heights.
+    pub fn state_at(&self, version: u64) -> Result<HistoricState<'_>, LedgerError> {
+        // Take the snapshot first, then read the tip it contains: the tip and the state
+        // are written in one batch, so they agree.
+        let snapshot = self.db.snapshot();
+        let latest = {
+            let tip_bytes = snapshot
+                .get_pinned_cf(self.cf(CF_META), META_TIP)?
+                .ok_or(LedgerError::NotInitialized)?;
+            decode::<StoredTip>("chain tip", &tip_bytes)?.height
+        };
+        let oldest = self.oldest_version(latest);
+        if version < oldest || version > latest {
+            return Err(LedgerError::VersionUnavailable {
+                version,
+                oldest,
+                latest,
+            });
+        }
+        Ok(HistoricState {
+            store: self,
+            snapshot,
+            version,
+            latest,
+        })
+    }
+
+    /// The value under `key` and its proof against the state root of height `version`.
+    pub fn prove(&self, key: &Hash, version: u64) -> Result<(Option<Vec<u8>>, SparseMerkleProof), LedgerError> {
+        let state = self.state_at(version)?;
+        let proof = smt::prove(&state, key)?;
+        let value = state.value(key)?;
+        Ok((value, proof))
+    }
+
+    fn undo_record(&self, snapshot: &Snapshot<'_>, version: u64) -> Result<Arc<UndoRecord>, LedgerError> {
+        if let Some(record) = lock(&self.undo).get(&version) {
+            return Ok(record.clone());
+        }
+        let bytes = snapshot
+            .get_pinned_cf(self.cf(CF_STATE_HISTORY), be(version))?
+            .ok_or_else(|| LedgerError::Corrupt {
+                what: format!("undo record of height {version} is missing"),
+            })?;
+        let record = Arc::new(decode::<UndoRecord>("undo record", &bytes)?);
+        lock(&self.undo).put(version, record.clone());
+        Ok(record)
+    }
+
+    /// Reads a stored consensus safety record.
+    pub fn safety_record(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+        Ok(self.db.get_cf(self.cf(CF_SAFETY), key)?)
+    }
+
+    /// Durably writes a consensus safety record (always fsynced, whatever
+    /// [`StoreOptions::sync_writes`] says: the engine relies on it before it signs).
+    pub fn put_safety_record(&self, key: &[u8], value: &[u8]) -> Result<(), LedgerError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_SAFETY), key, value);
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+}
+
+fn open_db(path: &Path, options: &StoreOptions) -> Result<DB, LedgerError> {
+    let cache = Cache::new_lru_cache(options.block_cache_bytes);
+    let mut db_options = Options::default();
+    db_options.create_if_missing(true);
+    db_options.create_missing_column_families(true);
+    db_options.set_max_background_jobs(2);
+    db_options.set_bytes_per_sync(1 << 20);
+    let descriptors = COLUMN_FAMILIES.iter().map(|name| {
+        let mut cf_options = Options::default();
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        cf_options.set_block_based_table_factory(&table);
+        cf_options.set_level_compaction_dynamic_level_bytes(true);
+        // Tree pages and index entries are mostly hashes, which do not compress.
+        let compression = match *name {
+            CF_STATE_NODES | CF_TX_INDEX | CF_STATE_HISTORY => DBCompressionType::None,
+            _ => DBCompressionType::Lz4,
+        };
+        cf_options.set_compression_type(compression);
+        if *name == CF_STATE_NODES || *name == CF_STATE_VALUES {
+            cf_options.set_write_buffer_size(64 << 20);
+        }
+        ColumnFamilyDescriptor::new(*name, cf_options)
+    });
+    Ok(DB::open_cf_descriptors(&db_options, path, descriptors)?)
+}
+
+impl PageSource for Store {
+    fn page(&self, id: &PageId) -> Result<Option<SharedPage>, LedgerError> {
+        if let Some(page) = lock(&self.pages).get(id) {
+            return Ok(Some(page.clone()));
+        }
+        let Some(bytes) = self.db.get_pinned_cf(self.cf(CF_STATE_NODES), id.to_db_key())? else {
+            return Ok(None);
+        };
+        let page = Arc::new(Page::decode(id, &bytes)?);
+        lock(&self.pages).put(*id, page.clone());
+        Ok(Some(page))
+    }
+}
+
+/// The store reads as the latest committed state. Only the one writer (the host that
+/// commits blocks) should execute against it; readers that may race a commit use
+/// [`Store::state_at`], which reads from a snapshot.
+impl StateReader for Store {
+    fn value(&self, key: &Hash) -> Result<Option<Vec<u8>>, LedgerError> {
+        Ok(self.db.get_cf(self.cf(CF_STATE_VALUES), key.as_bytes())?)
+    }
+
+    fn version(&self) -> u64 {
+        lock(&self.tip).height
+    }
+}
+
+/// The state at one kept height, read from a snapshot of the store.
+pub struct HistoricState<'a> {
+    store: &'a Store,
+    snapshot: Snapshot<'a>,
+    version: u64,
+    latest: u64,
+}
+
+impl HistoricState<'_> {
+    /// The first undo record (from `version + 1` up) that remembers an older content
+    /// for an item; `None` if the item did not change after `version`.
+    fn older<T: Clone>(
+        &self,
+        find: impl Fn(&UndoRecord) -> Option<&Option<T>>,
+    ) -> Result<Option<Option<T>>, LedgerError> {
+        for later in self.version + 1..=self.latest {
+            let record = self.store.undo_record(&self.snapshot, later)?;
+            if let Some(old) = find(&record) {
+                return Ok(Some(old.clone()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl PageSource for HistoricState<'_> {
+    fn page(&self, id: &PageId) -> Result<Option<SharedPage>, LedgerError> {
+        let key = id.to_db_key();
+        let bytes = match self.older(|r| r.page(&key))? {
+            Some(old) => old,
+            None => self
+                .snapshot
+                .get_pinned_cf(self.store.cf(CF_STATE_NODES), &key)?
+                .map(|b| b.to_vec()),
+        };
+        bytes
+            .map(|b| Page::decode(id, &b).map(Arc::new))
+            .transpose()
+    }
+}
+
+impl StateReader for HistoricState<'_> {
+    fn value(&self, key: &Hash) -> Result<Option<Vec<u8>>, LedgerError> {
+        match self.older(|r| r.value(key))? {
+            Some(old) => Ok(old),
+            None => Ok(self
+                .snapshot
+                .get_cf(self.store.cf(CF_STATE_VALUES), key.as_bytes())?),
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
