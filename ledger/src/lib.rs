@@ -41,5 +41,5 @@ pub use genesis::{ChainParams, Genesis, GenesisAccount, GenesisPeer, GenesisVali
 pub use history::{HistorySummary, HistoryVerifier, verify_history};
 pub use smt::{SparseMerkleProof, root_from_leaves};
 pub use state::{Account, MemoryState, StateDelta, StateKey, StateReader, value_hash};
-pub use store::{HistoricState, Store, StoreOptions, TxLocation};
+pub use store::{HistoricState, IntegrityReport, Store, StoreOptions, TxLocation};
 pub use tx::{Operation, Role, SignedTransaction, Transaction, TxSignatureError};

@@ -1,0 +1,174 @@
+//! The RocksDB store: commits, reopening, historical proofs, pruning, refusals.
+
+mod common;
+
+use common::{TestChain, account_key};
+use stele_consensus::{Hash, ValidatorSet};
+use stele_ledger::{
+    ChainTip, LedgerError, StateKey, StateReader, Store, StoreOptions, validate_block, value_hash,
+};
+
+fn options(kept: u64) -> StoreOptions {
+    StoreOptions {
+        state_versions_kept: kept,
+        sync_writes: false,
+        block_cache_bytes: 8 << 20,
+        ..StoreOptions::default()
+    }
+}
+
+/// A chain of `blocks` blocks with a few transfers each.
+fn chain(blocks: usize) -> TestChain {
+    let mut chain = TestChain::new("store", 4, 8);
+    for h in 0..blocks {
+        let txs = (0..5)
+            .map(|i| chain.transfer((h + i) % 8, (h + 2 * i + 1) % 8, 1 + i as u64))
+            .collect();
+        chain.produce(txs);
+    }
+    chain
+}
+
+/// Validates each block against the store's state (the store is the executor's state
+/// reader here) and commits it.
+fn commit_all(store: &Store, chain: &TestChain, from: usize, to: usize) {
+    for (block, certificate) in &chain.blocks[from..to] {
+        let tip = store.tip();
+        let parent_set: Option<ValidatorSet> = (tip.height > 0).then(|| chain.outcomes[tip.height as usize - 1].validator_set.clone());
+        let outcome = validate_block(
+            store,
+            &chain.context,
+            &tip,
+            parent_set.as_ref(),
+            block,
+            &|_| false,
+            Some(certificate),
+        )
+        .unwrap();
+        store.commit_block(block, certificate, &outcome).unwrap();
+    }
+}
+
+#[test]
+fn commits_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain(12);
+    {
+        let store = Store::open(dir.path(), &chain.genesis, options(4)).unwrap();
+        assert_eq!(store.tip().height, 0);
+        assert_eq!(store.root().unwrap(), chain.genesis.memory_state().unwrap().root().unwrap());
+        commit_all(&store, &chain, 0, 7);
+    }
+    let store = Store::open(dir.path(), &chain.genesis, options(4)).unwrap();
+    assert_eq!(store.tip().height, 7);
+    commit_all(&store, &chain, 7, 12);
+    let tip = store.tip();
+    assert_eq!(
+        tip,
+        ChainTip {
+            height: 12,
+            block_hash: chain.tip.block_hash,
+            time_ms: chain.tip.time_ms
+        }
+    );
+    assert_eq!(store.root().unwrap(), chain.state.root().unwrap());
+    for (i, (block, certificate)) in chain.blocks.iter().enumerate() {
+        let height = i as u64 + 1;
+        assert_eq!(store.block(height).unwrap().as_ref(), Some(block));
+        assert_eq!(store.certificate(height).unwrap().as_ref(), Some(certificate));
+        assert_eq!(store.receipts(height).unwrap().unwrap(), chain.outcomes[i].receipts);
+        for (index, tx) in block.txs.iter().enumerate() {
+            let location = store.tx_location(&tx.hash()).unwrap().unwrap();
+            assert_eq!((location.height, location.index as usize), (height, index));
+        }
+    }
+    assert!(store.block(13).unwrap().is_none());
+    let report = store.check_integrity().unwrap();
+    assert_eq!(report.state_root, chain.tip_state_root());
+    assert_eq!(report.values, 8 + 2);
+}
+
+#[test]
+fn proofs_for_each_kept_height_and_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain(10);
+    let kept = 4;
+    let store = Store::open(dir.path(), &chain.genesis, options(kept)).unwrap();
+    commit_all(&store, &chain, 0, 10);
+    let account = StateKey::Account(account_key(3).public_key()).hash();
+    let absent = StateKey::Account(common::key("nobody").public_key()).hash();
+    // The account's value after each height, from an independent in-memory replay.
+    let mut replay = stele_ledger::HistoryVerifier::new(&chain.genesis).unwrap();
+    let mut expected_values = vec![None];
+    for (block, certificate) in &chain.blocks {
+        replay.verify_next(block, certificate).unwrap();
+        expected_values.push(replay.state().value(&account).unwrap());
+    }
+    assert!(
+        expected_values[7..].windows(2).any(|w| w[0] != w[1]),
+        "the account must change within the kept window for this test to mean anything"
+    );
+    for height in 10 - kept + 1..=10 {
+        let root = chain.blocks[height as usize - 1].0.header.state_root;
+        let (value, proof) = store.prove(&account, height).unwrap();
+        assert_eq!(value, expected_values[height as usize], "height {height}");
+        let value = value.expect("account exists");
+        proof.verify(&root, &account, Some(&value_hash(&value))).unwrap();
+        let (none, proof) = store.prove(&absent, height).unwrap();
+        assert!(none.is_none());
+        proof.verify(&root, &absent, None).unwrap();
+        // A proof of one height does not verify against another height's root.
+        let other_root = chain.blocks[height as usize - 2].0.header.state_root;
+        assert!(store.prove(&account, height).unwrap().1.verify(&other_root, &account, Some(&value_hash(&value))).is_err());
+    }
+    assert!(matches!(
+        store.prove(&account, 10 - kept),
+        Err(LedgerError::VersionUnavailable { version: 6, oldest: 7, latest: 10 })
+    ));
+    assert!(matches!(
+        store.prove(&account, 11),
+        Err(LedgerError::VersionUnavailable { .. })
+    ));
+    store.check_integrity().unwrap();
+}
+
+#[test]
+fn refuses_another_chain_and_out_of_order_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain(3);
+    {
+        let store = Store::open(dir.path(), &chain.genesis, options(4)).unwrap();
+        commit_all(&store, &chain, 0, 1);
+        // Block 3 on top of block 1.
+        let outcome = chain.outcomes[2].clone();
+        let (block, certificate) = &chain.blocks[2];
+        assert!(matches!(
+            store.commit_block(block, certificate, &outcome),
+            Err(LedgerError::NotNextHeight { expected: 2, got: 3 })
+        ));
+        // Block 2's outcome as executed elsewhere on another state.
+        let mut stale = chain.outcomes[1].clone();
+        stale.delta.base_root = Hash::digest(b"elsewhere");
+        let (block, certificate) = &chain.blocks[1];
+        assert!(matches!(
+            store.commit_block(block, certificate, &stale),
+            Err(LedgerError::StaleDelta { .. })
+        ));
+        assert_eq!(store.tip().height, 1);
+    }
+    let other = TestChain::new("another-chain", 4, 8);
+    assert!(matches!(
+        Store::open(dir.path(), &other.genesis, options(4)),
+        Err(LedgerError::WrongGenesis { .. })
+    ));
+}
+
+impl TestChainExt for TestChain {
+    fn tip_state_root(&self) -> Hash {
+        self.blocks.last().map_or(Hash::ZERO, |(b, _)| b.header.state_root)
+    }
+}
+
+trait TestChainExt {
+    fn tip_state_root(&self) -> Hash;
+}
