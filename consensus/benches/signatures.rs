@@ -1,4 +1,5 @@
 //! Signature verification: one at a time (strict) and in batches, on one core.
+#![allow(clippy::unwrap_used)]
 
 use std::hint::black_box;
 

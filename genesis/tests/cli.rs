@@ -1,4 +1,5 @@
 //! `stele-genesis` as a user runs it: the real binary, real files.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;

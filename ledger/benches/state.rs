@@ -12,6 +12,7 @@
 //! verifies every signature, so the state must never be the bottleneck.
 //!
 //! `STELE_BENCH_ACCOUNTS` overrides the state size (default 1,000,000).
+#![allow(clippy::unwrap_used)]
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -130,13 +131,17 @@ impl StateBench {
             .collect()
     }
 
-    /// Reads the old values, computes the new root and commits it in one batch.
+    /// Reads the old values (one batched read, as the executor does), computes the new
+    /// root and commits it in one batch.
     fn update(&self, updates: Vec<(Hash, Vec<u8>)>) {
+        let keys: Vec<Hash> = updates.iter().map(|(k, _)| *k).collect();
+        let old = self.store.values(&keys).expect("read");
         let values = updates
             .into_iter()
-            .map(|(key, new)| ValueChange {
+            .zip(old)
+            .map(|((key, new), old)| ValueChange {
                 key,
-                old: self.store.value(&key).expect("read"),
+                old,
                 new: Some(new),
             })
             .collect();

@@ -389,18 +389,40 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
         Ok(height)
     }
 
+    /// Reads every account `txs` touch that is not cached yet, in one batched read.
+    /// Optional: [`Self::apply`] reads what it needs anyway, one account at a time.
+    pub fn prefetch(&mut self, txs: &[SignedTransaction]) -> Result<(), LedgerError> {
+        let mut wanted: Vec<PublicKey> = txs
+            .iter()
+            .flat_map(|tx| [Some(tx.tx.signer), tx.tx.op.other_account()])
+            .flatten()
+            .filter(|key| !self.accounts.contains_key(key))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let state_keys: Vec<Hash> = wanted.iter().map(|k| StateKey::Account(*k).hash()).collect();
+        for (key, original) in wanted.into_iter().zip(self.state.values(&state_keys)?) {
+            self.cache_account(key, original)?;
+        }
+        Ok(())
+    }
+
     fn account(&mut self, key: &PublicKey) -> Result<Option<Account>, LedgerError> {
         if let Some(cached) = self.accounts.get(key) {
             return Ok(cached.current);
         }
         let original = self.state.value(&StateKey::Account(*key).hash())?;
+        self.cache_account(*key, original)
+    }
+
+    fn cache_account(&mut self, key: PublicKey, original: Option<Vec<u8>>) -> Result<Option<Account>, LedgerError> {
         let current = match &original {
             None => None,
             Some(bytes) => Some(borsh::from_slice::<Account>(bytes).map_err(|e| LedgerError::Corrupt {
                 what: format!("account {key}: {e}"),
             })?),
         };
-        self.accounts.insert(*key, Cached {
+        self.accounts.insert(key, Cached {
             original,
             current,
             dirty: false,
@@ -529,7 +551,12 @@ pub fn build_block<S: StateReader + ?Sized>(
     let mut size = overhead;
     let mut txs = Vec::new();
     let mut rejected = Vec::new();
-    for tx in candidates {
+    // Read the accounts of a first block's worth of candidates in one batch; those of
+    // later candidates (taken when some are rejected) are read as they come.
+    let mut candidates = candidates.into_iter();
+    let first: Vec<SignedTransaction> = candidates.by_ref().take(max_txs).collect();
+    executor.prefetch(&first)?;
+    for tx in first.into_iter().chain(candidates) {
         if txs.len() == max_txs {
             break;
         }
@@ -620,6 +647,7 @@ pub fn validate_block<S: StateReader + ?Sized>(
         });
     }
     check_signatures(context, block, &tx_hashes, already_verified)?;
+    executor.prefetch(&block.txs)?;
     for (index, (tx, hash)) in block.txs.iter().zip(&tx_hashes).enumerate() {
         match executor.apply_with_hash(tx, *hash) {
             Ok(_) => {}

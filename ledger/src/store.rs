@@ -664,6 +664,14 @@ impl StateReader for Store {
         Ok(self.db.get_cf(self.cf(CF_STATE_VALUES), key.as_bytes())?)
     }
 
+    fn values(&self, keys: &[Hash]) -> Result<Vec<Option<Vec<u8>>>, LedgerError> {
+        self.db
+            .batched_multi_get_cf(self.cf(CF_STATE_VALUES), keys.iter().map(|k| k.as_bytes()), false)
+            .into_iter()
+            .map(|r| Ok(r?.map(|slice| slice.to_vec())))
+            .collect()
+    }
+
     fn version(&self) -> u64 {
         lock(&self.tip).height
     }

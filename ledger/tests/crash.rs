@@ -6,6 +6,7 @@
 //! above it: every block with its certificate and receipts, a state whose root matches
 //! the tip header (recomputed from every stored value), no leaked tree pages, and a
 //! history that verifies from genesis.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

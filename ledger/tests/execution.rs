@@ -1,4 +1,5 @@
 //! Block execution: conservation of supply, roles, nonces, overflow, validator changes.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! History verification catches every kind of tampering, at the right height, with the
 //! right typed error.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Property tests of the sparse Merkle tree.
+#![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
 use stele_consensus::Hash;

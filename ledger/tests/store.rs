@@ -1,4 +1,5 @@
 //! The RocksDB store: commits, reopening, historical proofs, pruning, refusals.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -210,12 +210,23 @@ impl NodeSummary {
     }
 }
 
-/// A page: its slots, and the binary nodes above them (heap order: node 1 is the page
-/// root, node `n` has children `2n` and `2n + 1`, slots are nodes `SLOTS..2 * SLOTS`).
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+/// A page: its slots, and the summaries of every binary node of the page, in heap
+/// order: node 1 is the page root, node `n` has children `2n` and `2n + 1`, and the
+/// slots are nodes `SLOTS..2 * SLOTS`. Slot summaries (leaf hashes included) are kept
+/// so that rehashing a path never rehashes an unchanged sibling leaf.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page {
     slots: [Slot; SLOTS],
-    internal: [NodeSummary; SLOTS],
+    nodes: [NodeSummary; 2 * SLOTS],
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page {
+            slots: [Slot::Empty; SLOTS],
+            nodes: [NodeSummary::Empty; 2 * SLOTS],
+        }
+    }
 }
 
 impl Page {
@@ -227,29 +238,25 @@ impl Page {
     /// Replaces a slot. Call [`Page::rehash`] with the changed slots afterwards.
     pub fn set_slot(&mut self, slot: usize, content: Slot) {
         self.slots[slot] = content;
+        self.nodes[SLOTS + slot] = match content {
+            Slot::Empty => NodeSummary::Empty,
+            Slot::Leaf { key, value_hash } => NodeSummary::Leaf {
+                hash: leaf_hash(&key, &value_hash),
+                slot: slot as u8,
+            },
+            Slot::Child { hash } => NodeSummary::Internal { hash },
+        };
     }
 
     /// Summary of heap node `node` (1 to `2 * SLOTS - 1`).
     pub fn summary(&self, node: usize) -> NodeSummary {
         debug_assert!((1..2 * SLOTS).contains(&node));
-        if node >= SLOTS {
-            let slot = node - SLOTS;
-            match &self.slots[slot] {
-                Slot::Empty => NodeSummary::Empty,
-                Slot::Leaf { key, value_hash } => NodeSummary::Leaf {
-                    hash: leaf_hash(key, value_hash),
-                    slot: slot as u8,
-                },
-                Slot::Child { hash } => NodeSummary::Internal { hash: *hash },
-            }
-        } else {
-            self.internal[node]
-        }
+        self.nodes[node]
     }
 
     /// The page's root summary.
     pub fn root(&self) -> NodeSummary {
-        self.internal[1]
+        self.nodes[1]
     }
 
     /// Recomputes the internal nodes above the slots set in `dirty_slots` (bit `s` for
@@ -257,14 +264,11 @@ impl Page {
     pub fn rehash(&mut self, dirty_slots: u32) {
         // Bit n of `dirty` marks heap node n.
         let mut dirty: u64 = u64::from(dirty_slots) << SLOTS;
-        let mut node = SLOTS - 1;
-        while node >= 1 {
+        for node in (1..SLOTS).rev() {
             if dirty & (0b11 << (2 * node)) != 0 {
-                self.internal[node] =
-                    NodeSummary::combine(self.summary(2 * node), self.summary(2 * node + 1));
+                self.nodes[node] = NodeSummary::combine(self.nodes[2 * node], self.nodes[2 * node + 1]);
                 dirty |= 1 << node;
             }
-            node -= 1;
         }
     }
 
@@ -338,14 +342,14 @@ impl Page {
                 if !id.covers(&key) || slot_of(&key, id.depth()) != i {
                     return Err(corrupt("leaf stored outside its key's slot"));
                 }
-                page.slots[i] = Slot::Leaf { key, value_hash };
+                page.set_slot(i, Slot::Leaf { key, value_hash });
             } else if children & (1 << i) != 0 {
                 if id.depth() >= PAGE_DEPTH_MAX {
                     return Err(corrupt("child page below the last level"));
                 }
-                page.slots[i] = Slot::Child {
+                page.set_slot(i, Slot::Child {
                     hash: hash_from(take(32)),
-                };
+                });
             }
         }
         page.rehash_all();

@@ -1,5 +1,6 @@
 //! A small chain driver for tests: deterministic keys, real signatures, blocks built
 //! and executed by the ledger, and commit certificates signed by the validators.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::collections::HashMap;
