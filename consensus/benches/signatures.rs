@@ -4,7 +4,10 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use stele_consensus::{BatchEntry, Hash, MessageKind, Signature, SigningDomain, SigningKey, VerificationKey, verify_batch};
+use stele_consensus::{
+    BatchEntry, Hash, MessageKind, Signature, SigningDomain, SigningKey, VerificationKey,
+    verify_batch,
+};
 
 struct Signed {
     keys: Vec<VerificationKey>,
@@ -45,7 +48,11 @@ fn bench_signatures(c: &mut Criterion) {
     let one = signed(1);
     group.throughput(Throughput::Elements(1));
     group.bench_function("verify_strict", |b| {
-        b.iter(|| one.keys[0].verify_raw(black_box(&one.messages[0]), &one.signatures[0]).unwrap())
+        b.iter(|| {
+            one.keys[0]
+                .verify_raw(black_box(&one.messages[0]), &one.signatures[0])
+                .unwrap()
+        })
     });
     for n in [64usize, 1024] {
         let s = signed(n);

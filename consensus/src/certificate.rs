@@ -15,7 +15,16 @@ use crate::validator::ValidatorSet;
 
 /// The two voting phases of PBFT.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
 )]
 #[borsh(use_discriminant = true)]
 #[repr(u8)]
@@ -38,7 +47,16 @@ impl VoteKind {
 
 /// A vote for `block_hash` at `(height, view)`.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
 )]
 pub struct Vote {
     /// Prepare or commit.
@@ -89,7 +107,11 @@ pub struct SignedVote {
 
 impl SignedVote {
     /// Checks membership in `set` and the signature; returns the signer's index.
-    pub fn verify(&self, domain: &SigningDomain, set: &ValidatorSet) -> Result<u32, CertificateError> {
+    pub fn verify(
+        &self,
+        domain: &SigningDomain,
+        set: &ValidatorSet,
+    ) -> Result<u32, CertificateError> {
         let index = set
             .index_of(&self.validator)
             .ok_or(CertificateError::UnknownSigner {
@@ -253,10 +275,7 @@ impl CommitCertificate {
             return Ok(());
         }
         let results = crate::crypto::verify_each(&entries);
-        let bad = results
-            .iter()
-            .position(|ok| !ok)
-            .unwrap_or(0);
+        let bad = results.iter().position(|ok| !ok).unwrap_or(0);
         Err(CertificateError::BadSignature {
             validator: self.signatures[bad].validator,
         })
@@ -324,7 +343,10 @@ mod tests {
         let cert = certificate(&f, &[0, 1, 2]);
         assert!(matches!(
             cert.verify(&f.domain, &f.set, 8, &f.block),
-            Err(CertificateError::WrongHeight { expected: 8, got: 7 })
+            Err(CertificateError::WrongHeight {
+                expected: 8,
+                got: 7
+            })
         ));
         assert!(matches!(
             cert.verify(&f.domain, &f.set, 7, &Hash::digest(b"other")),
@@ -345,9 +367,11 @@ mod tests {
         );
         let outsider = SigningKey::from_seed([99; 32]);
         let mut foreign = certificate(&f, &[0, 1]);
-        foreign
-            .signatures
-            .push(cert.vote().sign(&f.domain, &outsider).into_commit_signature());
+        foreign.signatures.push(
+            cert.vote()
+                .sign(&f.domain, &outsider)
+                .into_commit_signature(),
+        );
         assert_eq!(
             foreign.verify(&f.domain, &f.set, 7, &f.block),
             Err(CertificateError::UnknownSigner {

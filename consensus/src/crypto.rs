@@ -115,9 +115,7 @@ impl fmt::Debug for SigningDomain {
 ///
 /// Decoding does not check that the bytes are a usable curve point: use
 /// [`PublicKey::verification_key`] (or [`PublicKey::validate`]) where that matters.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, BorshSerialize, BorshDeserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, BorshSerialize, BorshDeserialize)]
 pub struct PublicKey([u8; PUBLIC_KEY_LEN]);
 
 impl PublicKey {
@@ -197,7 +195,11 @@ impl VerificationKey {
     }
 
     /// Strictly verifies over already-built signed bytes (see [`SigningDomain::signing_bytes`]).
-    pub fn verify_raw(&self, signed_bytes: &[u8], signature: &Signature) -> Result<(), CryptoError> {
+    pub fn verify_raw(
+        &self,
+        signed_bytes: &[u8],
+        signature: &Signature,
+    ) -> Result<(), CryptoError> {
         let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
         self.key
             .verify_strict(signed_bytes, &signature)
@@ -330,7 +332,8 @@ pub fn verify_batch(entries: &[BatchEntry<'_>]) -> Result<(), CryptoError> {
         .map(|e| ed25519_dalek::Signature::from_bytes(&e.signature.0))
         .collect();
     let keys: Vec<VerifyingKey> = entries.iter().map(|e| e.key.key).collect();
-    ed25519_dalek::verify_batch(&messages, &signatures, &keys).map_err(|_| CryptoError::BadSignature)
+    ed25519_dalek::verify_batch(&messages, &signatures, &keys)
+        .map_err(|_| CryptoError::BadSignature)
 }
 
 /// Verifies every entry and reports each result, in order. Runs one batch first; only
@@ -386,12 +389,22 @@ mod tests {
         let k = key(1);
         let sig = k.sign(&domain, MessageKind::Prepare, b"payload");
         let vk = k.public_key().verification_key().unwrap();
-        vk.verify(&domain, MessageKind::Prepare, b"payload", &sig).unwrap();
+        vk.verify(&domain, MessageKind::Prepare, b"payload", &sig)
+            .unwrap();
         // Another kind, another chain, or another payload must fail.
-        assert!(vk.verify(&domain, MessageKind::Commit, b"payload", &sig).is_err());
+        assert!(
+            vk.verify(&domain, MessageKind::Commit, b"payload", &sig)
+                .is_err()
+        );
         let other = SigningDomain::new("other-chain").unwrap();
-        assert!(vk.verify(&other, MessageKind::Prepare, b"payload", &sig).is_err());
-        assert!(vk.verify(&domain, MessageKind::Prepare, b"payloaD", &sig).is_err());
+        assert!(
+            vk.verify(&other, MessageKind::Prepare, b"payload", &sig)
+                .is_err()
+        );
+        assert!(
+            vk.verify(&domain, MessageKind::Prepare, b"payloaD", &sig)
+                .is_err()
+        );
     }
 
     #[test]

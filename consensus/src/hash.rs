@@ -140,7 +140,8 @@ macro_rules! hex_serde {
 
         impl<'de> serde::Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+                let text =
+                    <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
                 <$ty>::from_hex(&text).map_err(serde::de::Error::custom)
             }
         }
@@ -160,10 +161,7 @@ mod tests {
         let b = Hash::tagged(b"stele/b", &[b"x"]);
         assert_ne!(a, b);
         // The tag is length-prefixed: moving a byte between tag and data changes the hash.
-        assert_ne!(
-            Hash::tagged(b"ab", &[b"c"]),
-            Hash::tagged(b"a", &[b"bc"])
-        );
+        assert_ne!(Hash::tagged(b"ab", &[b"c"]), Hash::tagged(b"a", &[b"bc"]));
     }
 
     #[test]
@@ -172,10 +170,16 @@ mod tests {
         assert_eq!(Hash::from_hex(&h.to_hex()).unwrap(), h);
         assert!(matches!(
             Hash::from_hex("abcd"),
-            Err(DecodeError::HexLength { expected: 64, got: 4 })
+            Err(DecodeError::HexLength {
+                expected: 64,
+                got: 4
+            })
         ));
         let bad = "zz".repeat(32);
-        assert!(matches!(Hash::from_hex(&bad), Err(DecodeError::HexCharacter)));
+        assert!(matches!(
+            Hash::from_hex(&bad),
+            Err(DecodeError::HexCharacter)
+        ));
     }
 
     #[test]

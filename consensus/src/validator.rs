@@ -56,7 +56,7 @@ impl ValidatorSet {
                 max: VALIDATORS_MAX,
             });
         }
-        validators.sort_by(|a, b| a.key.cmp(&b.key));
+        validators.sort_by_key(|v| v.key);
         let mut total_power: u64 = 0;
         let mut verification_keys = Vec::with_capacity(validators.len());
         for (i, v) in validators.iter().enumerate() {
@@ -213,7 +213,8 @@ mod tests {
         assert!(!set.exceeds_one_third(1));
         assert!(set.exceeds_one_third(2));
 
-        let set = ValidatorSet::new(vec![validator(1, 3), validator(2, 3), validator(3, 3)]).unwrap();
+        let set =
+            ValidatorSet::new(vec![validator(1, 3), validator(2, 3), validator(3, 3)]).unwrap();
         // 2P/3 = 6 exactly: 6 is not a quorum, 7 is.
         assert_eq!(set.quorum_power(), 7);
         assert!(!set.is_quorum(6));

@@ -220,7 +220,11 @@ mod tests {
         assert_eq!(NodeConfig::load(&path).unwrap(), sample());
 
         let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, text.replace("max_peers = 50", "max_peers = 50\nmax_pears = 3")).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("max_peers = 50", "max_peers = 50\nmax_pears = 3"),
+        )
+        .unwrap();
         let err = NodeConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("max_pears"), "{err}");
 

@@ -227,7 +227,10 @@ impl GenesisFile {
         if self.validators.len() > VALIDATORS_MAX {
             problems.add(
                 "validators",
-                format!("{} validators, at most {VALIDATORS_MAX} allowed", self.validators.len()),
+                format!(
+                    "{} validators, at most {VALIDATORS_MAX} allowed",
+                    self.validators.len()
+                ),
             );
         }
         let mut out = Vec::with_capacity(self.validators.len());
@@ -240,7 +243,10 @@ impl GenesisFile {
             if v.name.trim().is_empty() {
                 problems.add(at("name"), "must not be empty");
             } else if let Some(first) = by_name.insert(&v.name, i) {
-                problems.add(at("name"), format!("duplicate name (same as validators[{first}])"));
+                problems.add(
+                    at("name"),
+                    format!("duplicate name (same as validators[{first}])"),
+                );
             }
             let key = problems.key(at("public_key"), &v.public_key);
             if let Some(key) = key
@@ -252,17 +258,26 @@ impl GenesisFile {
                 );
             }
             if v.power == 0 {
-                problems.add(at("power"), "zero power: every validator needs power of at least 1");
+                problems.add(
+                    at("power"),
+                    "zero power: every validator needs power of at least 1",
+                );
             }
             total_power = total_power.saturating_add(v.power);
             match v.address.parse::<SocketAddr>() {
                 Err(_) => problems.add(
                     at("address"),
-                    format!("{:?} is not a host:port address such as 127.0.0.1:27000", v.address),
+                    format!(
+                        "{:?} is not a host:port address such as 127.0.0.1:27000",
+                        v.address
+                    ),
                 ),
                 Ok(addr) => {
                     if let Some(first) = by_address.insert(addr, i) {
-                        problems.add(at("address"), format!("duplicate address (same as validators[{first}])"));
+                        problems.add(
+                            at("address"),
+                            format!("duplicate address (same as validators[{first}])"),
+                        );
                     }
                 }
             }
@@ -276,7 +291,10 @@ impl GenesisFile {
             }
         }
         if total_power > TOTAL_POWER_MAX {
-            problems.add("validators", format!("total power exceeds {TOTAL_POWER_MAX}"));
+            problems.add(
+                "validators",
+                format!("total power exceeds {TOTAL_POWER_MAX}"),
+            );
         }
         out
     }
@@ -291,7 +309,10 @@ impl GenesisFile {
             if let Some(key) = key
                 && let Some(first) = seen.insert(key, i)
             {
-                problems.add(at("account"), format!("duplicate account (same as accounts[{first}])"));
+                problems.add(
+                    at("account"),
+                    format!("duplicate account (same as accounts[{first}])"),
+                );
             }
             let mut roles = Vec::new();
             for (j, name) in a.roles.iter().enumerate() {
@@ -301,7 +322,10 @@ impl GenesisFile {
                         format!("unknown role {name:?} (known roles: admin, issuer, registrar)"),
                     ),
                     Some(role) if roles.contains(&role) => {
-                        problems.add(format!("accounts[{i}].roles[{j}]"), format!("role {name:?} listed twice"));
+                        problems.add(
+                            format!("accounts[{i}].roles[{j}]"),
+                            format!("role {name:?} listed twice"),
+                        );
                     }
                     Some(role) => roles.push(role),
                 }
@@ -311,7 +335,10 @@ impl GenesisFile {
             if before.is_some() && supply.is_none() {
                 problems.add(
                     at("balance"),
-                    format!("balance overflow: the total of balances up to here exceeds {}", u64::MAX),
+                    format!(
+                        "balance overflow: the total of balances up to here exceeds {}",
+                        u64::MAX
+                    ),
                 );
             }
             if let Some(key) = key {
@@ -325,7 +352,11 @@ impl GenesisFile {
         out
     }
 
-    fn check_peers(&self, validators: &[GenesisValidator], problems: &mut Problems) -> Vec<GenesisPeer> {
+    fn check_peers(
+        &self,
+        validators: &[GenesisValidator],
+        problems: &mut Problems,
+    ) -> Vec<GenesisPeer> {
         let mut out = Vec::with_capacity(self.peers.len());
         let mut seen: HashMap<PublicKey, String> = validators
             .iter()
@@ -351,7 +382,10 @@ impl GenesisFile {
     }
 
     /// The file form of a ledger genesis (for writing generated genesis files).
-    pub fn from_genesis(genesis: &Genesis, account_names: &HashMap<PublicKey, String>) -> GenesisFile {
+    pub fn from_genesis(
+        genesis: &Genesis,
+        account_names: &HashMap<PublicKey, String>,
+    ) -> GenesisFile {
         GenesisFile {
             chain_id: genesis.chain_id.clone(),
             genesis_time_ms: genesis.genesis_time_ms,
@@ -394,13 +428,19 @@ fn check_chain_id(chain_id: &str, problems: &mut Problems) {
     } else if chain_id.len() > CHAIN_ID_LEN_MAX {
         problems.add(
             "chain_id",
-            format!("{} bytes long, at most {CHAIN_ID_LEN_MAX} allowed", chain_id.len()),
+            format!(
+                "{} bytes long, at most {CHAIN_ID_LEN_MAX} allowed",
+                chain_id.len()
+            ),
         );
     } else if !chain_id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     {
-        problems.add("chain_id", "only letters, digits, '.', '_' and '-' are allowed");
+        problems.add(
+            "chain_id",
+            "only letters, digits, '.', '_' and '-' are allowed",
+        );
     }
 }
 

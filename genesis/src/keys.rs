@@ -44,7 +44,8 @@ pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), GenesisError>
         public_key: key.public_key().to_hex(),
         secret_key: Zeroizing::new(hex::encode(*key.seed())),
     };
-    let mut text = Zeroizing::new(serde_json::to_string_pretty(&contents).expect("key file serialises"));
+    let mut text =
+        Zeroizing::new(serde_json::to_string_pretty(&contents).expect("key file serialises"));
     text.push('\n');
     let mut file = OpenOptions::new()
         .write(true)
@@ -88,12 +89,16 @@ pub fn read_key_file(path: &Path) -> Result<SigningKey, GenesisError> {
     let mut seed = Zeroizing::new([0u8; 32]);
     let secret = file.secret_key.trim();
     if secret.len() != 64 {
-        return Err(format(format!("secret_key: expected 64 hex characters, got {}", secret.len())));
+        return Err(format(format!(
+            "secret_key: expected 64 hex characters, got {}",
+            secret.len()
+        )));
     }
     hex::decode_to_slice(secret, seed.as_mut())
         .map_err(|_| format("secret_key: invalid hex character".into()))?;
     let key = SigningKey::from_seed(*seed);
-    let public = PublicKey::from_hex(&file.public_key).map_err(|e| format(format!("public_key: {e}")))?;
+    let public =
+        PublicKey::from_hex(&file.public_key).map_err(|e| format(format!("public_key: {e}")))?;
     if public != key.public_key() {
         return Err(format("public_key does not match secret_key".into()));
     }
@@ -126,7 +131,10 @@ mod tests {
         write_key_file(&path, &generate_key()).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = read_key_file(&path).unwrap_err();
-        assert!(matches!(err, GenesisError::KeyFilePermissions { mode: 0o644, .. }));
+        assert!(matches!(
+            err,
+            GenesisError::KeyFilePermissions { mode: 0o644, .. }
+        ));
         assert!(err.to_string().contains("chmod 600"));
 
         let broken = dir.path().join("broken.json");

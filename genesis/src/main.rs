@@ -101,7 +101,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             for account in &testnet.accounts {
-                println!("  account {:<9} {}  key {}", account.name, account.key, account.key_file.display());
+                println!(
+                    "  account {:<9} {}  key {}",
+                    account.name,
+                    account.key,
+                    account.key_file.display()
+                );
             }
         }
         Command::Validate { file } => {

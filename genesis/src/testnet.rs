@@ -18,13 +18,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use stele_consensus::{PublicKey, VALIDATORS_MAX};
 use stele_ledger::{ChainParams, Genesis, GenesisAccount, GenesisValidator, Role};
 
-use crate::config::{ApiSection, ConsensusSection, LogSection, NodeConfig, NodeSection, P2pSection, StorageSection};
+use crate::config::{
+    ApiSection, ConsensusSection, LogSection, NodeConfig, NodeSection, P2pSection, StorageSection,
+};
 use crate::error::GenesisError;
 use crate::file::GenesisFile;
 use crate::keys::{generate_key, write_key_file};
 
 /// Names given to the first funded accounts; later ones are `account<N>`.
-const ACCOUNT_NAMES: [&str; 8] = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+const ACCOUNT_NAMES: [&str; 8] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+];
 /// Balance of the treasury account.
 pub const TREASURY_BALANCE: u64 = 1_000_000_000_000;
 /// Balance of each user account.
@@ -121,14 +125,26 @@ fn invalid(dir: &Path, field: &str, problem: String) -> GenesisError {
 /// Generates a testnet in `dir`, which must not already hold one.
 pub fn generate_testnet(dir: &Path, options: &TestnetOptions) -> Result<Testnet, GenesisError> {
     if options.validators == 0 || options.validators > VALIDATORS_MAX {
-        return Err(invalid(dir, "--validators", format!("must be 1 to {VALIDATORS_MAX}")));
+        return Err(invalid(
+            dir,
+            "--validators",
+            format!("must be 1 to {VALIDATORS_MAX}"),
+        ));
     }
     if options.accounts > TESTNET_ACCOUNTS_MAX {
-        return Err(invalid(dir, "--accounts", format!("at most {TESTNET_ACCOUNTS_MAX}")));
+        return Err(invalid(
+            dir,
+            "--accounts",
+            format!("at most {TESTNET_ACCOUNTS_MAX}"),
+        ));
     }
     let last_port = u32::from(options.base_port) + 2 * options.validators as u32 - 1;
     if options.base_port == 0 || last_port > u32::from(u16::MAX) {
-        return Err(invalid(dir, "--base-port", format!("ports {}..={last_port} do not fit", options.base_port)));
+        return Err(invalid(
+            dir,
+            "--base-port",
+            format!("ports {}..={last_port} do not fit", options.base_port),
+        ));
     }
     let genesis_file = dir.join("genesis.json");
     if genesis_file.exists() {
@@ -169,8 +185,16 @@ pub fn generate_testnet(dir: &Path, options: &TestnetOptions) -> Result<Testnet,
         write_key_file(&key_file, &key)?;
         genesis_accounts.push(GenesisAccount {
             account: key.public_key(),
-            balance: if i == 0 { TREASURY_BALANCE } else { USER_BALANCE },
-            roles: if i == 0 { Role::ALL.to_vec() } else { Vec::new() },
+            balance: if i == 0 {
+                TREASURY_BALANCE
+            } else {
+                USER_BALANCE
+            },
+            roles: if i == 0 {
+                Role::ALL.to_vec()
+            } else {
+                Vec::new()
+            },
         });
         accounts.push(TestnetAccount {
             name,
@@ -197,7 +221,8 @@ pub fn generate_testnet(dir: &Path, options: &TestnetOptions) -> Result<Testnet,
         accounts: genesis_accounts,
         peers: Vec::new(),
     };
-    let names: HashMap<PublicKey, String> = accounts.iter().map(|a| (a.key, a.name.clone())).collect();
+    let names: HashMap<PublicKey, String> =
+        accounts.iter().map(|a| (a.key, a.name.clone())).collect();
     let file = GenesisFile::from_genesis(&genesis, &names);
     // Check what was generated exactly as a hand-written file would be checked.
     let checked = file.validate().map_err(|problems| GenesisError::Invalid {

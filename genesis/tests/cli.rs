@@ -25,7 +25,13 @@ fn text(output: &Output) -> String {
 }
 
 fn make_testnet(dir: &Path) {
-    let out = stele_genesis(&["testnet", "--validators", "4", "--out", dir.to_str().unwrap()]);
+    let out = stele_genesis(&[
+        "testnet",
+        "--validators",
+        "4",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
 }
 
@@ -38,7 +44,10 @@ fn testnet_then_validate() {
     assert!(out.status.success(), "{}", text(&out));
     let summary = text(&out);
     assert!(summary.starts_with("ok: "), "{summary}");
-    assert!(summary.contains("4 validators (total power 40, quorum 27)"), "{summary}");
+    assert!(
+        summary.contains("4 validators (total power 40, quorum 27)"),
+        "{summary}"
+    );
     assert_eq!(summary.lines().count(), 1);
 
     // Every node home is complete, ports are distinct, keys are private.
@@ -50,7 +59,10 @@ fn testnet_then_validate() {
         assert!(ports.insert(config.api.listen.port()));
         assert!(config.p2p.listen.ip().is_loopback());
         let key_file = home.join("validator_key.json");
-        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         read_key_file(&key_file).unwrap();
         let copy = std::fs::read(home.join("genesis.json")).unwrap();
         assert_eq!(copy, std::fs::read(net.join("genesis.json")).unwrap());
@@ -60,7 +72,13 @@ fn testnet_then_validate() {
     }
 
     // A second testnet in the same place is refused.
-    let out = stele_genesis(&["testnet", "--validators", "4", "--out", net.to_str().unwrap()]);
+    let out = stele_genesis(&[
+        "testnet",
+        "--validators",
+        "4",
+        "--out",
+        net.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("already exists"), "{}", text(&out));
 }
@@ -73,7 +91,10 @@ fn keygen_writes_a_private_key_once() {
     assert!(out.status.success(), "{}", text(&out));
     let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(read_key_file(&path).unwrap().public_key().to_hex(), printed);
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let out = stele_genesis(&["keygen", "--out", path.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("already exists"));
@@ -92,13 +113,21 @@ fn malformed_genesis_files_are_named() {
 
     type Edit = Box<dyn Fn(&mut Value)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
-        ("no validators", Box::new(|g| g["validators"] = json!([])), "validators: no validators"),
+        (
+            "no validators",
+            Box::new(|g| g["validators"] = json!([])),
+            "validators: no validators",
+        ),
         (
             "duplicate validator",
             Box::new(move |g| g["validators"][1]["public_key"] = first_key.clone()),
             "validators[1].public_key: duplicate validator (same key as validators[0])",
         ),
-        ("zero power", Box::new(|g| g["validators"][2]["power"] = json!(0)), "validators[2].power: zero power"),
+        (
+            "zero power",
+            Box::new(|g| g["validators"][2]["power"] = json!(0)),
+            "validators[2].power: zero power",
+        ),
         (
             "bad key encoding",
             Box::new(|g| g["validators"][3]["public_key"] = json!("abc")),
@@ -109,7 +138,11 @@ fn malformed_genesis_files_are_named() {
             Box::new(|g| g["validators"][3]["public_key"] = json!(format!("02{}", "0".repeat(62)))),
             "validators[3].public_key: bad key encoding: not a valid ed25519 public key",
         ),
-        ("empty chain id", Box::new(|g| g["chain_id"] = json!("")), "chain_id: empty chain id"),
+        (
+            "empty chain id",
+            Box::new(|g| g["chain_id"] = json!("")),
+            "chain_id: empty chain id",
+        ),
         (
             "unknown role",
             Box::new(|g| g["accounts"][0]["roles"] = json!(["admin", "minter"])),
@@ -148,7 +181,11 @@ fn malformed_genesis_files_are_named() {
         std::fs::write(&path, serde_json::to_string_pretty(&genesis).unwrap()).unwrap();
         let out = stele_genesis(&["validate", path.to_str().unwrap()]);
         assert!(!out.status.success(), "{name}: accepted");
-        assert!(text(&out).contains(expected), "{name}: expected {expected:?} in:\n{}", text(&out));
+        assert!(
+            text(&out).contains(expected),
+            "{name}: expected {expected:?} in:\n{}",
+            text(&out)
+        );
     }
 
     // Several problems are all reported.
@@ -158,7 +195,10 @@ fn malformed_genesis_files_are_named() {
     let path = dir.path().join("several.json");
     std::fs::write(&path, genesis.to_string()).unwrap();
     let out = text(&stele_genesis(&["validate", path.to_str().unwrap()]));
-    assert!(out.contains("chain_id: empty chain id") && out.contains("validators[2].power: zero power"), "{out}");
+    assert!(
+        out.contains("chain_id: empty chain id") && out.contains("validators[2].power: zero power"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -175,7 +215,13 @@ fn unreadable_inputs_fail_cleanly() {
     assert!(!out.status.success());
     assert!(text(&out).contains("line 1"), "{}", text(&out));
 
-    let out = stele_genesis(&["testnet", "--validators", "0", "--out", dir.path().join("x").to_str().unwrap()]);
+    let out = stele_genesis(&[
+        "testnet",
+        "--validators",
+        "0",
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(text(&out).contains("--validators"), "{}", text(&out));
 
@@ -183,5 +229,9 @@ fn unreadable_inputs_fail_cleanly() {
     assert!(!out.status.success());
     let out = stele_genesis(&["frobnicate"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("unrecognized subcommand"), "{}", text(&out));
+    assert!(
+        text(&out).contains("unrecognized subcommand"),
+        "{}",
+        text(&out)
+    );
 }

@@ -21,8 +21,8 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 use stele_consensus::{
-    BatchEntry, CommitCertificate, Hash, MessageKind, Signature, SigningDomain, SigningKey, Validator,
-    ValidatorSet, VerificationKey, verify_batch,
+    BatchEntry, CommitCertificate, Hash, MessageKind, Signature, SigningDomain, SigningKey,
+    Validator, ValidatorSet, VerificationKey, verify_batch,
 };
 use stele_ledger::state::ValueChange;
 use stele_ledger::{
@@ -32,6 +32,22 @@ use stele_ledger::{
 };
 
 const BATCH_SIZES: [usize; 2] = [1_000, 10_000];
+
+/// Where the time of a state update goes: [read old values, compute tree, commit], in
+/// seconds, and the number of updates measured. Printed after each batch size.
+#[derive(Default)]
+struct Phases {
+    seconds: [f64; 3],
+    updates: u32,
+}
+
+thread_local! {
+    static PHASES: std::cell::RefCell<Phases> = std::cell::RefCell::new(Phases::default());
+}
+
+fn record_phase(phase: usize, started: std::time::Instant) {
+    PHASES.with(|p| p.borrow_mut().seconds[phase] += started.elapsed().as_secs_f64());
+}
 const BASELINE_BATCH: usize = 1024;
 const EXECUTION_ACCOUNTS: usize = 20_000;
 const EXECUTION_TRANSFERS: usize = 10_000;
@@ -134,8 +150,10 @@ impl StateBench {
     /// Reads the old values (one batched read, as the executor does), computes the new
     /// root and commits it in one batch.
     fn update(&self, updates: Vec<(Hash, Vec<u8>)>) {
+        let started = std::time::Instant::now();
         let keys: Vec<Hash> = updates.iter().map(|(k, _)| *k).collect();
         let old = self.store.values(&keys).expect("read");
+        record_phase(0, started);
         let values = updates
             .into_iter()
             .zip(old)
@@ -146,12 +164,16 @@ impl StateBench {
             })
             .collect();
         self.commit(values);
+        PHASES.with(|p| p.borrow_mut().updates += 1);
     }
 
     fn commit(&self, values: Vec<ValueChange>) {
         let tip = self.store.tip();
         let height = tip.height + 1;
+        let started = std::time::Instant::now();
         let delta = StateDelta::compute(&self.store, height, values).expect("tree update");
+        record_phase(1, started);
+        let started = std::time::Instant::now();
         let header = Header {
             chain_id: "bench-state".into(),
             height,
@@ -185,7 +207,10 @@ impl StateBench {
             validator_set: self.set.clone(),
             next_validator_set: self.set.clone(),
         };
-        self.store.commit_block(&block, &certificate, &outcome).expect("commit");
+        self.store
+            .commit_block(&block, &certificate, &outcome)
+            .expect("commit");
+        record_phase(2, started);
     }
 }
 
@@ -203,6 +228,7 @@ fn bench_smt(c: &mut Criterion) {
     let mut group = c.benchmark_group("smt_rocksdb");
     group.sample_size(20);
     for n in BATCH_SIZES {
+        PHASES.with(|p| *p.borrow_mut() = Phases::default());
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::new("update_commit", n), |b| {
             b.iter_batched(
@@ -211,11 +237,28 @@ fn bench_smt(c: &mut Criterion) {
                 BatchSize::PerIteration,
             )
         });
+        PHASES.with(|p| {
+            let p = p.borrow();
+            let per_update_ms = |i: usize| p.seconds[i] * 1e3 / f64::from(p.updates.max(1));
+            eprintln!(
+                "batch {n}: mean per update over {} updates: read {:.2} ms, tree {:.2} ms, commit {:.2} ms",
+                p.updates,
+                per_update_ms(0),
+                per_update_ms(1),
+                per_update_ms(2)
+            );
+        });
     }
     group.finish();
     // The store must still check out after everything the bench did to it.
-    let report = state.store.check_integrity().expect("store integrity after the bench");
-    eprintln!("after bench: {} values, {} pages, height {}", report.values, report.pages, report.height);
+    let report = state
+        .store
+        .check_integrity()
+        .expect("store integrity after the bench");
+    eprintln!(
+        "after bench: {} values, {} pages, height {}",
+        report.values, report.pages, report.height
+    );
 }
 
 struct ExecutionBench {
@@ -227,7 +270,9 @@ struct ExecutionBench {
 
 impl ExecutionBench {
     fn new() -> ExecutionBench {
-        let keys: Vec<SigningKey> = (0..EXECUTION_ACCOUNTS).map(|i| seeded_key("account", i)).collect();
+        let keys: Vec<SigningKey> = (0..EXECUTION_ACCOUNTS)
+            .map(|i| seeded_key("account", i))
+            .collect();
         let accounts = keys
             .iter()
             .map(|k| GenesisAccount {
@@ -252,14 +297,18 @@ impl ExecutionBench {
                     chain_id: genesis.chain_id.clone(),
                     signer: keys[i].public_key(),
                     nonce: 0,
-                    op: Operation::Transfer { to, amount: 1 + i as u64 % 100 },
+                    op: Operation::Transfer {
+                        to,
+                        amount: 1 + i as u64 % 100,
+                    },
                 }
                 .sign(&context.domain, &keys[i])
             })
             .collect();
         let tip = store.tip();
-        let built = stele_ledger::build_block(&store, &context, &tip, proposer.public_key(), 2, txs, None)
-            .expect("build block");
+        let built =
+            stele_ledger::build_block(&store, &context, &tip, proposer.public_key(), 2, txs, None)
+                .expect("build block");
         assert!(built.rejected.is_empty());
         ExecutionBench {
             _dir: dir,
@@ -285,14 +334,25 @@ fn bench_execution(c: &mut Criterion) {
         })
     });
     let tip = bench.store.tip();
-    group.bench_function(BenchmarkId::new("validate_with_signatures", EXECUTION_TRANSFERS), |b| {
-        b.iter(|| {
-            black_box(
-                validate_block(&bench.store, &bench.context, &tip, None, &bench.block, &|_| false, None)
+    group.bench_function(
+        BenchmarkId::new("validate_with_signatures", EXECUTION_TRANSFERS),
+        |b| {
+            b.iter(|| {
+                black_box(
+                    validate_block(
+                        &bench.store,
+                        &bench.context,
+                        &tip,
+                        None,
+                        &bench.block,
+                        &|_| false,
+                        None,
+                    )
                     .expect("valid block"),
-            )
-        })
-    });
+                )
+            })
+        },
+    );
     group.finish();
 }
 
@@ -329,14 +389,21 @@ fn median_ns(group: &str, bench: &str) -> Option<f64> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("criterion").join(group).join(bench).join("new/estimates.json");
+    let path = target
+        .join("criterion")
+        .join(group)
+        .join(bench)
+        .join("new/estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json["median"]["point_estimate"].as_f64()
 }
 
 fn report() {
-    let Some(baseline_ns) = median_ns("ed25519_baseline", &format!("verify_batch/{BASELINE_BATCH}")) else {
+    let Some(baseline_ns) = median_ns(
+        "ed25519_baseline",
+        &format!("verify_batch/{BASELINE_BATCH}"),
+    ) else {
         eprintln!("no baseline measurement found; run the whole bench to get the ratio report");
         return;
     };

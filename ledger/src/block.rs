@@ -78,7 +78,14 @@ impl Block {
 /// Why a well-formed, correctly signed transaction failed. It is still included: the
 /// signer's nonce advances and nothing else changes.
 #[derive(
-    Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
     thiserror::Error,
 )]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -257,7 +264,11 @@ mod tests {
     fn iterative_root_matches_recursive_definition() {
         let items: Vec<Hash> = (0..40u32).map(|i| Hash::digest(&i.to_le_bytes())).collect();
         for n in 0..items.len() {
-            assert_eq!(merkle_root(&items[..n]), rfc6962_root(&items[..n]), "n = {n}");
+            assert_eq!(
+                merkle_root(&items[..n]),
+                rfc6962_root(&items[..n]),
+                "n = {n}"
+            );
         }
     }
 

@@ -26,8 +26,8 @@ use crate::block::{Block, Header, Receipt, TxFailure, TxOutcome, merkle_root};
 use crate::error::{BlockError, LedgerError, TxRejection};
 use crate::genesis::{ChainParams, encode};
 use crate::state::{
-    Account, ScheduledChange, StateDelta, StateKey, StateReader, ValidatorChange, ValidatorSchedule,
-    ValueChange,
+    Account, ScheduledChange, StateDelta, StateKey, StateReader, ValidatorChange,
+    ValidatorSchedule, ValueChange,
 };
 use crate::tx::{Operation, Role, SignedTransaction, verify_signatures};
 
@@ -117,7 +117,8 @@ pub struct BlockExecutor<'a, S: StateReader + ?Sized> {
 impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
     /// Starts executing height `state.version() + 1`.
     pub fn new(state: &'a S, context: &'a ChainContext) -> Result<Self, LedgerError> {
-        let (schedule_bytes, schedule) = read_required::<S, ValidatorSchedule>(state, StateKey::ValidatorSchedule)?;
+        let (schedule_bytes, schedule) =
+            read_required::<S, ValidatorSchedule>(state, StateKey::ValidatorSchedule)?;
         let (supply_bytes, supply) = read_required::<S, u64>(state, StateKey::Supply)?;
         Ok(BlockExecutor {
             state,
@@ -162,7 +163,11 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
     }
 
     /// As [`BlockExecutor::apply`], with the transaction hash already computed.
-    pub fn apply_with_hash(&mut self, tx: &SignedTransaction, tx_hash: Hash) -> Result<&Receipt, ApplyError> {
+    pub fn apply_with_hash(
+        &mut self,
+        tx: &SignedTransaction,
+        tx_hash: Hash,
+    ) -> Result<&Receipt, ApplyError> {
         let chain_id = self.context.chain_id();
         if tx.tx.chain_id != chain_id {
             return Err(TxRejection::WrongChain {
@@ -172,7 +177,8 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
             .into());
         }
         let max = self.context.params.max_tx_bytes as usize;
-        let size = borsh::object_length(tx).expect("borsh length of an in-memory value never fails");
+        let size =
+            borsh::object_length(tx).expect("borsh length of an in-memory value never fails");
         if size > max {
             return Err(TxRejection::TooLarge { size, max }.into());
         }
@@ -253,7 +259,8 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
             }
             Operation::AddValidator { key, power } => {
                 require(Role::Admin)?;
-                *effective_height = Some(self.schedule_change(ValidatorChange::Add { key, power })?);
+                *effective_height =
+                    Some(self.schedule_change(ValidatorChange::Add { key, power })?);
                 Ok(())
             }
             Operation::RemoveValidator { key } => {
@@ -263,13 +270,20 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
             }
             Operation::SetValidatorPower { key, power } => {
                 require(Role::Admin)?;
-                *effective_height = Some(self.schedule_change(ValidatorChange::SetPower { key, power })?);
+                *effective_height =
+                    Some(self.schedule_change(ValidatorChange::SetPower { key, power })?);
                 Ok(())
             }
         }
     }
 
-    fn transfer(&mut self, from_key: &PublicKey, from: Account, to_key: PublicKey, amount: u64) -> Result<(), TxFailure> {
+    fn transfer(
+        &mut self,
+        from_key: &PublicKey,
+        from: Account,
+        to_key: PublicKey,
+        amount: u64,
+    ) -> Result<(), TxFailure> {
         if amount == 0 {
             return Err(TxFailure::ZeroAmount);
         }
@@ -287,14 +301,20 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
             .balance
             .checked_add(amount)
             .ok_or(TxFailure::BalanceOverflow { account: to_key })?;
-        self.put_account(*from_key, Account {
-            balance: from.balance - amount,
-            ..from
-        });
-        self.put_account(to_key, Account {
-            balance: to_balance,
-            ..to
-        });
+        self.put_account(
+            *from_key,
+            Account {
+                balance: from.balance - amount,
+                ..from
+            },
+        );
+        self.put_account(
+            to_key,
+            Account {
+                balance: to_balance,
+                ..to
+            },
+        );
         Ok(())
     }
 
@@ -330,10 +350,13 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
         }
         // Every balance is part of the supply, so this cannot underflow.
         assert!(self.supply.current >= amount, "supply below a balance");
-        self.put_account(*key, Account {
-            balance: account.balance - amount,
-            ..account
-        });
+        self.put_account(
+            *key,
+            Account {
+                balance: account.balance - amount,
+                ..account
+            },
+        );
         self.supply.current -= amount;
         self.supply.dirty = true;
         Ok(())
@@ -365,12 +388,18 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
     /// Checks `change` against the set all pending changes lead to, then schedules it.
     fn schedule_change(&mut self, change: ValidatorChange) -> Result<u64, TxFailure> {
         let schedule = &self.schedule.current;
-        let mut projected = schedule.projected().map_err(|e| TxFailure::InvalidValidatorSet {
-            reason: e.to_string(),
-        })?;
+        let mut projected = schedule
+            .projected()
+            .map_err(|e| TxFailure::InvalidValidatorSet {
+                reason: e.to_string(),
+            })?;
         change.apply_to(&mut projected).map_err(|e| match e {
-            crate::state::ValidatorChangeError::Exists { key } => TxFailure::ValidatorExists { key },
-            crate::state::ValidatorChangeError::NotFound { key } => TxFailure::ValidatorNotFound { key },
+            crate::state::ValidatorChangeError::Exists { key } => {
+                TxFailure::ValidatorExists { key }
+            }
+            crate::state::ValidatorChangeError::NotFound { key } => {
+                TxFailure::ValidatorNotFound { key }
+            }
             crate::state::ValidatorChangeError::InvalidSet(e) => TxFailure::InvalidValidatorSet {
                 reason: e.to_string(),
             },
@@ -384,7 +413,10 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
             .ok_or_else(|| TxFailure::InvalidValidatorSet {
                 reason: "effective height overflows".into(),
             })?;
-        self.schedule.current.pending.push(ScheduledChange { height, change });
+        self.schedule
+            .current
+            .pending
+            .push(ScheduledChange { height, change });
         self.schedule.dirty = true;
         Ok(height)
     }
@@ -400,7 +432,10 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let state_keys: Vec<Hash> = wanted.iter().map(|k| StateKey::Account(*k).hash()).collect();
+        let state_keys: Vec<Hash> = wanted
+            .iter()
+            .map(|k| StateKey::Account(*k).hash())
+            .collect();
         for (key, original) in wanted.into_iter().zip(self.state.values(&state_keys)?) {
             self.cache_account(key, original)?;
         }
@@ -415,18 +450,29 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
         self.cache_account(*key, original)
     }
 
-    fn cache_account(&mut self, key: PublicKey, original: Option<Vec<u8>>) -> Result<Option<Account>, LedgerError> {
+    fn cache_account(
+        &mut self,
+        key: PublicKey,
+        original: Option<Vec<u8>>,
+    ) -> Result<Option<Account>, LedgerError> {
         let current = match &original {
             None => None,
-            Some(bytes) => Some(borsh::from_slice::<Account>(bytes).map_err(|e| LedgerError::Corrupt {
-                what: format!("account {key}: {e}"),
-            })?),
+            Some(bytes) => {
+                Some(
+                    borsh::from_slice::<Account>(bytes).map_err(|e| LedgerError::Corrupt {
+                        what: format!("account {key}: {e}"),
+                    })?,
+                )
+            }
         };
-        self.accounts.insert(key, Cached {
-            original,
-            current,
-            dirty: false,
-        });
+        self.accounts.insert(
+            key,
+            Cached {
+                original,
+                current,
+                dirty: false,
+            },
+        );
         Ok(current)
     }
 
@@ -508,9 +554,11 @@ fn read_required<S: StateReader + ?Sized, T: borsh::BorshDeserialize>(
     state: &S,
     key: StateKey,
 ) -> Result<(Vec<u8>, T), LedgerError> {
-    let bytes = state.value(&key.hash())?.ok_or_else(|| LedgerError::Corrupt {
-        what: format!("state has no {key:?}"),
-    })?;
+    let bytes = state
+        .value(&key.hash())?
+        .ok_or_else(|| LedgerError::Corrupt {
+            what: format!("state has no {key:?}"),
+        })?;
     let value = borsh::from_slice(&bytes).map_err(|e| LedgerError::Corrupt {
         what: format!("state value {key:?}: {e}"),
     })?;
@@ -585,7 +633,9 @@ pub fn build_block<S: StateReader + ?Sized>(
         state_root: outcome.state_root(),
         validator_set_hash: outcome.validator_set.hash(),
         next_validator_set_hash: outcome.next_validator_set.hash(),
-        last_commit_hash: last_commit.as_ref().map_or(Hash::ZERO, CommitCertificate::hash),
+        last_commit_hash: last_commit
+            .as_ref()
+            .map_or(Hash::ZERO, CommitCertificate::hash),
     };
     Ok(BuiltBlock {
         block: Block {
@@ -633,7 +683,12 @@ pub fn validate_block<S: StateReader + ?Sized>(
     }
     if let Some(certificate) = certificate {
         certificate
-            .verify(&context.domain, executor.validator_set(), header.height, &header.hash())
+            .verify(
+                &context.domain,
+                executor.validator_set(),
+                header.height,
+                &header.hash(),
+            )
             .map_err(BlockError::Certificate)?;
     }
     check_last_commit(context, tip, parent_validator_set, block)?;
@@ -662,7 +717,11 @@ pub fn validate_block<S: StateReader + ?Sized>(
     Ok(outcome)
 }
 
-fn check_header_links(context: &ChainContext, tip: &ChainTip, header: &Header) -> Result<(), BlockError> {
+fn check_header_links(
+    context: &ChainContext,
+    tip: &ChainTip,
+    header: &Header,
+) -> Result<(), BlockError> {
     if header.chain_id != context.chain_id() {
         return Err(BlockError::WrongChainId {
             expected: context.chain_id().to_owned(),
@@ -735,7 +794,10 @@ fn check_size(context: &ChainContext, block: &Block) -> Result<(), BlockError> {
     let size = block.encoded_len();
     let max_bytes = context.params.max_block_bytes as usize;
     if size > max_bytes {
-        return Err(BlockError::BlockTooLarge { size, max: max_bytes });
+        return Err(BlockError::BlockTooLarge {
+            size,
+            max: max_bytes,
+        });
     }
     Ok(())
 }
@@ -757,7 +819,10 @@ fn check_signatures(
     let refs: Vec<&SignedTransaction> = unverified.iter().map(|(_, tx)| *tx).collect();
     let results = verify_signatures(&context.domain, &refs);
     match unverified.iter().zip(results).find(|(_, r)| r.is_err()) {
-        Some(((index, _), Err(error))) => Err(BlockError::BadTransactionSignature { index: *index, error }),
+        Some(((index, _), Err(error))) => Err(BlockError::BadTransactionSignature {
+            index: *index,
+            error,
+        }),
         _ => Ok(()),
     }
 }

@@ -8,7 +8,9 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use stele_consensus::{Hash, Hasher, PublicKey, SigningDomain, Validator, ValidatorSet};
 
 use crate::error::LedgerError;
-use crate::state::{Account, MemoryState, StateDelta, StateKey, StateReader, ValidatorSchedule, ValueChange};
+use crate::state::{
+    Account, MemoryState, StateDelta, StateKey, StateReader, ValidatorSchedule, ValueChange,
+};
 use crate::tx::{Role, TX_BYTES_LIMIT};
 
 /// Consensus parameters fixed by the genesis.
@@ -60,13 +62,17 @@ impl ChainParams {
                 format!("must be 1 to {}", limits::MAX_BLOCK_TXS_MAX),
             ));
         }
-        if self.max_tx_bytes < limits::MAX_TX_BYTES_MIN || self.max_tx_bytes as usize > TX_BYTES_LIMIT {
+        if self.max_tx_bytes < limits::MAX_TX_BYTES_MIN
+            || self.max_tx_bytes as usize > TX_BYTES_LIMIT
+        {
             return Err((
                 "max_tx_bytes",
                 format!("must be {} to {TX_BYTES_LIMIT}", limits::MAX_TX_BYTES_MIN),
             ));
         }
-        if self.max_block_bytes < self.max_tx_bytes || self.max_block_bytes > limits::MAX_BLOCK_BYTES_MAX {
+        if self.max_block_bytes < self.max_tx_bytes
+            || self.max_block_bytes > limits::MAX_BLOCK_BYTES_MAX
+        {
             return Err((
                 "max_block_bytes",
                 format!(
@@ -185,9 +191,11 @@ impl Genesis {
 
     /// The state change that creates the genesis state (version 0) from nothing.
     pub fn state_delta(&self) -> Result<StateDelta, LedgerError> {
-        self.params.check().map_err(|(field, problem)| LedgerError::InvalidGenesis {
-            reason: format!("params.{field}: {problem}"),
-        })?;
+        self.params
+            .check()
+            .map_err(|(field, problem)| LedgerError::InvalidGenesis {
+                reason: format!("params.{field}: {problem}"),
+            })?;
         self.signing_domain()?;
         let schedule = ValidatorSchedule {
             next: self.validator_set()?,

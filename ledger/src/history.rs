@@ -71,7 +71,11 @@ impl HistoryVerifier {
 
     /// Verifies the next block with the certificate that decided it, and moves on.
     /// On error nothing changes, and the error names the height that was expected.
-    pub fn verify_next(&mut self, block: &Block, certificate: &CommitCertificate) -> Result<(), HistoryError> {
+    pub fn verify_next(
+        &mut self,
+        block: &Block,
+        certificate: &CommitCertificate,
+    ) -> Result<(), HistoryError> {
         let height = self.tip.height + 1;
         let fail = |error: BlockError| HistoryError { height, error };
         let outcome = validate_block(
@@ -84,7 +88,9 @@ impl HistoryVerifier {
             Some(certificate),
         )
         .map_err(fail)?;
-        self.state.apply(&outcome.delta).map_err(|e| fail(BlockError::State(e)))?;
+        self.state
+            .apply(&outcome.delta)
+            .map_err(|e| fail(BlockError::State(e)))?;
         self.tip = ChainTip {
             height,
             block_hash: block.hash(),

@@ -45,7 +45,15 @@ pub fn value_hash(value: &[u8]) -> Hash {
 
 /// An account.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
     Deserialize,
 )]
 pub struct Account {
@@ -65,12 +73,17 @@ impl Account {
 
     /// The roles held, in [`Role::ALL`] order.
     pub fn role_list(&self) -> Vec<Role> {
-        Role::ALL.into_iter().filter(|r| self.has_role(*r)).collect()
+        Role::ALL
+            .into_iter()
+            .filter(|r| self.has_role(*r))
+            .collect()
     }
 }
 
 /// A change to the validator set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
 pub enum ValidatorChange {
     /// Add a validator.
     Add {
@@ -96,7 +109,8 @@ pub enum ValidatorChange {
 impl ValidatorChange {
     /// Applies the change to a list of validators, or says why it does not apply.
     pub fn apply_to(&self, validators: &mut Vec<Validator>) -> Result<(), ValidatorChangeError> {
-        let position = |key: &PublicKey, list: &[Validator]| list.iter().position(|v| v.key == *key);
+        let position =
+            |key: &PublicKey, list: &[Validator]| list.iter().position(|v| v.key == *key);
         match *self {
             ValidatorChange::Add { key, power } => {
                 if position(&key, validators).is_some() {
@@ -138,7 +152,9 @@ pub enum ValidatorChangeError {
 }
 
 /// A validator change and the height it takes effect at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
 pub struct ScheduledChange {
     /// First height whose validator set includes the change.
     pub height: u64,
@@ -172,7 +188,11 @@ impl ValidatorSchedule {
     /// Moves to the set for `height`: applies the pending changes due at or before it.
     /// Returns whether the schedule changed.
     pub fn advance_to(&mut self, height: u64) -> Result<bool, ValidatorChangeError> {
-        let due = self.pending.iter().take_while(|c| c.height <= height).count();
+        let due = self
+            .pending
+            .iter()
+            .take_while(|c| c.height <= height)
+            .count();
         if due == 0 {
             return Ok(false);
         }
@@ -254,7 +274,7 @@ impl StateDelta {
         version: u64,
         mut values: Vec<ValueChange>,
     ) -> Result<StateDelta, LedgerError> {
-        values.sort_by(|a, b| a.key.cmp(&b.key));
+        values.sort_by_key(|v| v.key);
         values.dedup_by(|later, earlier| {
             // Keep the first entry's old value and the later entry's new value.
             if later.key == earlier.key {

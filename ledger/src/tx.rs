@@ -20,8 +20,18 @@ pub const TX_BYTES_LIMIT: usize = 64 * 1024;
 
 /// Roles an account can hold. Each gates some operations.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, BorshSerialize, BorshDeserialize,
-    Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
+    Deserialize,
 )]
 #[borsh(use_discriminant = true)]
 #[serde(rename_all = "lowercase")]
@@ -165,7 +175,11 @@ impl Transaction {
     ///
     /// If `key` is not the signer's key: signing someone else's transaction is a caller bug.
     pub fn sign(self, domain: &SigningDomain, key: &SigningKey) -> SignedTransaction {
-        assert_eq!(key.public_key(), self.signer, "signing key does not match signer");
+        assert_eq!(
+            key.public_key(),
+            self.signer,
+            "signing key does not match signer"
+        );
         let signature = key.sign_raw(&self.signing_bytes(domain));
         SignedTransaction {
             tx: self,
@@ -200,9 +214,10 @@ impl SignedTransaction {
                 max,
             });
         }
-        let tx: SignedTransaction = borsh::from_slice(bytes).map_err(|e| TxDecodeError::Malformed {
-            reason: e.to_string(),
-        })?;
+        let tx: SignedTransaction =
+            borsh::from_slice(bytes).map_err(|e| TxDecodeError::Malformed {
+                reason: e.to_string(),
+            })?;
         if tx.tx.chain_id.is_empty() || tx.tx.chain_id.len() > CHAIN_ID_LEN_MAX {
             return Err(TxDecodeError::Malformed {
                 reason: format!("chain id of {} bytes", tx.tx.chain_id.len()),

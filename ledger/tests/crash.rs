@@ -105,19 +105,33 @@ fn commit_next_block(store: &Store, context: &ChainContext) {
             },
         ));
     }
-    let set = BlockExecutor::new(store, context).unwrap().validator_set().clone();
+    let set = BlockExecutor::new(store, context)
+        .unwrap()
+        .validator_set()
+        .clone();
     let last_commit = if tip.height == 0 {
         None
     } else {
         store.certificate(tip.height).unwrap()
     };
     let proposer = set.validators()[height as usize % set.len()].key;
-    let built = build_block(store, context, &tip, proposer, tip.time_ms + 1_000, txs, last_commit).unwrap();
+    let built = build_block(
+        store,
+        context,
+        &tip,
+        proposer,
+        tip.time_ms + 1_000,
+        txs,
+        last_commit,
+    )
+    .unwrap();
     assert!(built.rejected.is_empty(), "{:?}", built.rejected);
     let keys: Vec<SigningKey> = (0..4).map(validator_key).collect();
     let signers: Vec<&SigningKey> = keys.iter().collect();
     let certificate = certify(context, height, built.block.hash(), &signers);
-    store.commit_block(&built.block, &certificate, &built.outcome).unwrap();
+    store
+        .commit_block(&built.block, &certificate, &built.outcome)
+        .unwrap();
 }
 
 /// Deterministic delays in `[min, max)` milliseconds.
@@ -125,7 +139,10 @@ struct Delays(u64);
 
 impl Delays {
     fn next(&mut self, min: u64, max: u64) -> Duration {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         Duration::from_millis(min + (self.0 >> 33) % (max - min))
     }
 }
@@ -145,7 +162,12 @@ fn crash_and_reopen_many_times() {
     for iteration in 0..iterations {
         let sync = iteration % 2 == 0;
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["crash_child_commit_loop", "--exact", "--ignored", "--test-threads=1"])
+            .args([
+                "crash_child_commit_loop",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR_ENV, dir.path())
             .env(CHILD_SYNC_ENV, if sync { "1" } else { "0" })
             .stdout(Stdio::null())
@@ -171,13 +193,29 @@ fn crash_and_reopen_many_times() {
         let tip = store.tip();
         let verified = verifier.summary().unwrap().height;
         // A process crash loses nothing RocksDB acknowledged, fsync or not.
-        assert!(tip.height >= verified, "iteration {iteration}: height went back from {verified} to {}", tip.height);
-        assert!(store.block(tip.height + 1).unwrap().is_none(), "a block above the tip");
-        assert!(store.certificate(tip.height + 1).unwrap().is_none(), "a certificate above the tip");
+        assert!(
+            tip.height >= verified,
+            "iteration {iteration}: height went back from {verified} to {}",
+            tip.height
+        );
+        assert!(
+            store.block(tip.height + 1).unwrap().is_none(),
+            "a block above the tip"
+        );
+        assert!(
+            store.certificate(tip.height + 1).unwrap().is_none(),
+            "a certificate above the tip"
+        );
         for height in verified + 1..=tip.height {
             let block = store.block(height).unwrap().expect("block below the tip");
-            let certificate = store.certificate(height).unwrap().expect("certificate below the tip");
-            let receipts = store.receipts(height).unwrap().expect("receipts below the tip");
+            let certificate = store
+                .certificate(height)
+                .unwrap()
+                .expect("certificate below the tip");
+            let receipts = store
+                .receipts(height)
+                .unwrap()
+                .expect("receipts below the tip");
             assert_eq!(receipts.len(), block.txs.len());
             for (index, tx) in block.txs.iter().enumerate() {
                 let location = store.tx_location(&tx.hash()).unwrap().expect("indexed");
@@ -185,7 +223,9 @@ fn crash_and_reopen_many_times() {
             }
             verifier
                 .verify_next(&block, &certificate)
-                .unwrap_or_else(|e| panic!("iteration {iteration}: stored history does not verify: {e}"));
+                .unwrap_or_else(|e| {
+                    panic!("iteration {iteration}: stored history does not verify: {e}")
+                });
         }
         let report = store
             .check_integrity()

@@ -6,13 +6,14 @@ mod common;
 use common::{ACCOUNT_BALANCE, TestChain, account_key, key, validator_key};
 use proptest::prelude::*;
 use stele_consensus::PublicKey;
-use stele_ledger::{
-    ApplyError, BlockExecutor, Operation, Role, TxFailure, TxOutcome, TxRejection,
-};
+use stele_ledger::{ApplyError, BlockExecutor, Operation, Role, TxFailure, TxOutcome, TxRejection};
 
 /// Applies `txs` in one block of `chain` without panicking on rejections; returns the
 /// outcome (receipt outcome or rejection) of each.
-fn run(chain: &mut TestChain, txs: &[stele_ledger::SignedTransaction]) -> Vec<Result<TxOutcome, TxRejection>> {
+fn run(
+    chain: &mut TestChain,
+    txs: &[stele_ledger::SignedTransaction],
+) -> Vec<Result<TxOutcome, TxRejection>> {
     let mut executor = BlockExecutor::new(&chain.state, &chain.context).unwrap();
     let results = txs
         .iter()
@@ -94,16 +95,34 @@ fn replayed_nonce_is_rejected() {
     // The same transaction twice in one block: the second is not includable.
     let results = run(&mut chain, &[tx.clone(), tx.clone()]);
     assert_eq!(results[0], Ok(TxOutcome::Success));
-    assert_eq!(results[1], Err(TxRejection::BadNonce { expected: 1, got: 0 }));
+    assert_eq!(
+        results[1],
+        Err(TxRejection::BadNonce {
+            expected: 1,
+            got: 0
+        })
+    );
     // And in a later block.
     let results = run(&mut chain, &[tx]);
-    assert_eq!(results[0], Err(TxRejection::BadNonce { expected: 1, got: 0 }));
+    assert_eq!(
+        results[0],
+        Err(TxRejection::BadNonce {
+            expected: 1,
+            got: 0
+        })
+    );
     assert_eq!(chain.balance(2), ACCOUNT_BALANCE + 10);
     // A nonce from the future is rejected too.
     let mut future = chain.transfer(1, 2, 10);
     future.tx.nonce = 7;
     let results = run(&mut chain, &[future]);
-    assert_eq!(results[0], Err(TxRejection::BadNonce { expected: 1, got: 7 }));
+    assert_eq!(
+        results[0],
+        Err(TxRejection::BadNonce {
+            expected: 1,
+            got: 7
+        })
+    );
 }
 
 #[test]
@@ -136,35 +155,95 @@ fn roles_gate_privileged_operations() {
     let user = account_key(1);
     let newcomer = key("newcomer").public_key();
     let txs = vec![
-        chain.sign(&user, Operation::Mint { to: user.public_key(), amount: 5 }),
+        chain.sign(
+            &user,
+            Operation::Mint {
+                to: user.public_key(),
+                amount: 5,
+            },
+        ),
         chain.sign(&user, Operation::Burn { amount: 5 }),
         chain.sign(&user, Operation::CreateAccount { account: newcomer }),
-        chain.sign(&user, Operation::GrantRole { account: user.public_key(), role: Role::Issuer }),
-        chain.sign(&user, Operation::AddValidator { key: validator_key(9).public_key(), power: 5 }),
-        chain.sign(&admin, Operation::GrantRole { account: user.public_key(), role: Role::Issuer }),
-        chain.sign(&user, Operation::Mint { to: user.public_key(), amount: 5 }),
-        chain.sign(&admin, Operation::RevokeRole { account: user.public_key(), role: Role::Issuer }),
-        chain.sign(&user, Operation::Mint { to: user.public_key(), amount: 5 }),
-        chain.sign(&admin, Operation::RevokeRole { account: user.public_key(), role: Role::Issuer }),
+        chain.sign(
+            &user,
+            Operation::GrantRole {
+                account: user.public_key(),
+                role: Role::Issuer,
+            },
+        ),
+        chain.sign(
+            &user,
+            Operation::AddValidator {
+                key: validator_key(9).public_key(),
+                power: 5,
+            },
+        ),
+        chain.sign(
+            &admin,
+            Operation::GrantRole {
+                account: user.public_key(),
+                role: Role::Issuer,
+            },
+        ),
+        chain.sign(
+            &user,
+            Operation::Mint {
+                to: user.public_key(),
+                amount: 5,
+            },
+        ),
+        chain.sign(
+            &admin,
+            Operation::RevokeRole {
+                account: user.public_key(),
+                role: Role::Issuer,
+            },
+        ),
+        chain.sign(
+            &user,
+            Operation::Mint {
+                to: user.public_key(),
+                amount: 5,
+            },
+        ),
+        chain.sign(
+            &admin,
+            Operation::RevokeRole {
+                account: user.public_key(),
+                role: Role::Issuer,
+            },
+        ),
         chain.sign(&admin, Operation::CreateAccount { account: newcomer }),
         chain.sign(&admin, Operation::CreateAccount { account: newcomer }),
-        chain.sign(&admin, Operation::CreateAccount { account: PublicKey::from_bytes([0; 32]) }),
+        chain.sign(
+            &admin,
+            Operation::CreateAccount {
+                account: PublicKey::from_bytes([0; 32]),
+            },
+        ),
     ];
     let results = run(&mut chain, &txs);
     let expected = vec![
         failed(TxFailure::MissingRole { role: Role::Issuer }),
         failed(TxFailure::MissingRole { role: Role::Issuer }),
-        failed(TxFailure::MissingRole { role: Role::Registrar }),
+        failed(TxFailure::MissingRole {
+            role: Role::Registrar,
+        }),
         failed(TxFailure::MissingRole { role: Role::Admin }),
         failed(TxFailure::MissingRole { role: Role::Admin }),
         Ok(TxOutcome::Success),
         Ok(TxOutcome::Success),
         Ok(TxOutcome::Success),
         failed(TxFailure::MissingRole { role: Role::Issuer }),
-        failed(TxFailure::RoleNotHeld { account: user.public_key(), role: Role::Issuer }),
+        failed(TxFailure::RoleNotHeld {
+            account: user.public_key(),
+            role: Role::Issuer,
+        }),
         Ok(TxOutcome::Success),
         failed(TxFailure::AccountExists { account: newcomer }),
-        failed(TxFailure::InvalidAccountKey { account: PublicKey::from_bytes([0; 32]) }),
+        failed(TxFailure::InvalidAccountKey {
+            account: PublicKey::from_bytes([0; 32]),
+        }),
     ];
     assert_eq!(results, expected);
     assert_eq!(chain.balance(1), ACCOUNT_BALANCE + 5);
@@ -178,10 +257,34 @@ fn overflow_is_rejected() {
     let admin = account_key(0);
     let headroom = u64::MAX - chain.supply();
     let txs = vec![
-        chain.sign(&admin, Operation::Mint { to: account_key(1).public_key(), amount: headroom + 1 }),
-        chain.sign(&admin, Operation::Mint { to: account_key(1).public_key(), amount: headroom }),
-        chain.sign(&admin, Operation::Mint { to: account_key(2).public_key(), amount: 1 }),
-        chain.sign(&admin, Operation::Transfer { to: account_key(1).public_key(), amount: 1 }),
+        chain.sign(
+            &admin,
+            Operation::Mint {
+                to: account_key(1).public_key(),
+                amount: headroom + 1,
+            },
+        ),
+        chain.sign(
+            &admin,
+            Operation::Mint {
+                to: account_key(1).public_key(),
+                amount: headroom,
+            },
+        ),
+        chain.sign(
+            &admin,
+            Operation::Mint {
+                to: account_key(2).public_key(),
+                amount: 1,
+            },
+        ),
+        chain.sign(
+            &admin,
+            Operation::Transfer {
+                to: account_key(1).public_key(),
+                amount: 1,
+            },
+        ),
     ];
     let results = run(&mut chain, &txs);
     assert_eq!(results[0], failed(TxFailure::SupplyOverflow));
@@ -192,10 +295,18 @@ fn overflow_is_rejected() {
     assert_eq!(results[3], Ok(TxOutcome::Success));
     assert_eq!(chain.supply(), u64::MAX);
     assert_eq!(chain.balance(1), u64::MAX - 2 * ACCOUNT_BALANCE + 1);
-    let txs = vec![chain.sign(&admin, Operation::Burn { amount: ACCOUNT_BALANCE })];
+    let txs = vec![chain.sign(
+        &admin,
+        Operation::Burn {
+            amount: ACCOUNT_BALANCE,
+        },
+    )];
     assert_eq!(
         run(&mut chain, &txs)[0],
-        failed(TxFailure::InsufficientFunds { balance: ACCOUNT_BALANCE - 1, needed: ACCOUNT_BALANCE })
+        failed(TxFailure::InsufficientFunds {
+            balance: ACCOUNT_BALANCE - 1,
+            needed: ACCOUNT_BALANCE
+        })
     );
 }
 
@@ -210,10 +321,34 @@ fn validator_changes_apply_at_their_height() {
 
     // Height 1 schedules an addition for height 1 + delay.
     let txs = vec![
-        chain.sign(&admin, Operation::AddValidator { key: newcomer, power: 10 }),
-        chain.sign(&admin, Operation::AddValidator { key: newcomer, power: 10 }),
-        chain.sign(&admin, Operation::SetValidatorPower { key: validator_key(9).public_key(), power: 3 }),
-        chain.sign(&admin, Operation::SetValidatorPower { key: validator_key(1).public_key(), power: 0 }),
+        chain.sign(
+            &admin,
+            Operation::AddValidator {
+                key: newcomer,
+                power: 10,
+            },
+        ),
+        chain.sign(
+            &admin,
+            Operation::AddValidator {
+                key: newcomer,
+                power: 10,
+            },
+        ),
+        chain.sign(
+            &admin,
+            Operation::SetValidatorPower {
+                key: validator_key(9).public_key(),
+                power: 3,
+            },
+        ),
+        chain.sign(
+            &admin,
+            Operation::SetValidatorPower {
+                key: validator_key(1).public_key(),
+                power: 0,
+            },
+        ),
     ];
     chain.produce(txs);
     let receipts = &chain.outcomes[0].receipts;
@@ -221,15 +356,21 @@ fn validator_changes_apply_at_their_height() {
     assert_eq!(receipts[0].effective_height, Some(1 + delay));
     assert_eq!(
         receipts[1].outcome,
-        TxOutcome::Failed { failure: TxFailure::ValidatorExists { key: newcomer } }
+        TxOutcome::Failed {
+            failure: TxFailure::ValidatorExists { key: newcomer }
+        }
     );
     assert!(matches!(
         receipts[2].outcome,
-        TxOutcome::Failed { failure: TxFailure::ValidatorNotFound { .. } }
+        TxOutcome::Failed {
+            failure: TxFailure::ValidatorNotFound { .. }
+        }
     ));
     assert!(matches!(
         receipts[3].outcome,
-        TxOutcome::Failed { failure: TxFailure::InvalidValidatorSet { .. } }
+        TxOutcome::Failed {
+            failure: TxFailure::InvalidValidatorSet { .. }
+        }
     ));
 
     // Every height up to 1 + delay - 1 is still certified by the old set; the header
@@ -255,10 +396,17 @@ fn validator_changes_apply_at_their_height() {
 fn cannot_remove_the_last_validator() {
     let mut chain = TestChain::new("last-validator", 1, 1);
     let admin = account_key(0);
-    let txs = vec![chain.sign(&admin, Operation::RemoveValidator { key: validator_key(0).public_key() })];
+    let txs = vec![chain.sign(
+        &admin,
+        Operation::RemoveValidator {
+            key: validator_key(0).public_key(),
+        },
+    )];
     chain.produce(txs);
     assert!(matches!(
         chain.outcomes[0].receipts[0].outcome,
-        TxOutcome::Failed { failure: TxFailure::InvalidValidatorSet { .. } }
+        TxOutcome::Failed {
+            failure: TxFailure::InvalidValidatorSet { .. }
+        }
     ));
 }

@@ -17,7 +17,10 @@ fn sample_chain(chain_id: &str) -> TestChain {
     let mut chain = TestChain::new(chain_id, 4, 5);
     let txs = vec![chain.transfer(0, 1, 100), chain.transfer(1, 2, 50)];
     chain.produce(txs);
-    let txs = vec![chain.transfer(2, 3, 10), chain.transfer(3, 4, 1_000_000_000)];
+    let txs = vec![
+        chain.transfer(2, 3, 10),
+        chain.transfer(3, 4, 1_000_000_000),
+    ];
     chain.produce(txs);
     let newcomer = key("newcomer").public_key();
     let txs = vec![
@@ -28,7 +31,10 @@ fn sample_chain(chain_id: &str) -> TestChain {
                 amount: 5_000,
             },
         ),
-        chain.sign(&account_key(0), Operation::CreateAccount { account: newcomer }),
+        chain.sign(
+            &account_key(0),
+            Operation::CreateAccount { account: newcomer },
+        ),
     ];
     chain.produce(txs);
     let txs = vec![chain.transfer(1, 0, 7), chain.transfer(4, 2, 3)];
@@ -39,7 +45,10 @@ fn sample_chain(chain_id: &str) -> TestChain {
     chain
 }
 
-fn verify(chain: &TestChain, history: &History) -> Result<stele_ledger::HistorySummary, HistoryError> {
+fn verify(
+    chain: &TestChain,
+    history: &History,
+) -> Result<stele_ledger::HistorySummary, HistoryError> {
     verify_history(&chain.genesis, history.iter().map(|(b, c)| (b, c)))
 }
 
@@ -56,7 +65,10 @@ fn resign(chain: &TestChain, history: &mut History, index: usize, edit: impl FnO
     history[index].1 = certify(&chain.context, block.header.height, block.hash(), &signers);
 }
 
-fn expect_error(result: Result<stele_ledger::HistorySummary, HistoryError>, height: u64) -> BlockError {
+fn expect_error(
+    result: Result<stele_ledger::HistorySummary, HistoryError>,
+    height: u64,
+) -> BlockError {
     match result {
         Ok(summary) => panic!("tampering not detected: {summary:?}"),
         Err(e) => {
@@ -84,7 +96,10 @@ fn altered_transaction() {
         *amount += 1;
     }
     let error = expect_error(verify(&chain, &history), 2);
-    assert!(matches!(error, BlockError::TransactionRootMismatch { .. }), "{error}");
+    assert!(
+        matches!(error, BlockError::TransactionRootMismatch { .. }),
+        "{error}"
+    );
 
     // Even with the transaction root fixed and re-certified, the signature gives it away.
     let mut history = chain.blocks.clone();
@@ -115,14 +130,22 @@ fn altered_state_root() {
     history[2].0.header.state_root = Hash::digest(b"forged");
     let error = expect_error(verify(&chain, &history), 3);
     assert!(
-        matches!(error, BlockError::Certificate(CertificateError::WrongBlock { .. })),
+        matches!(
+            error,
+            BlockError::Certificate(CertificateError::WrongBlock { .. })
+        ),
         "{error}"
     );
     // A quorum that signs a wrong state root is caught by re-execution.
     let mut history = chain.blocks.clone();
-    resign(&chain, &mut history, 2, |b| b.header.state_root = Hash::digest(b"forged"));
+    resign(&chain, &mut history, 2, |b| {
+        b.header.state_root = Hash::digest(b"forged")
+    });
     let error = expect_error(verify(&chain, &history), 3);
-    assert!(matches!(error, BlockError::StateRootMismatch { .. }), "{error}");
+    assert!(
+        matches!(error, BlockError::StateRootMismatch { .. }),
+        "{error}"
+    );
 }
 
 #[test]
@@ -138,13 +161,21 @@ fn altered_receipt() {
     history[1].0.header.receipts_root = forged_root;
     let error = expect_error(verify(&chain, &history), 2);
     assert!(
-        matches!(error, BlockError::Certificate(CertificateError::WrongBlock { .. })),
+        matches!(
+            error,
+            BlockError::Certificate(CertificateError::WrongBlock { .. })
+        ),
         "{error}"
     );
     let mut history = chain.blocks.clone();
-    resign(&chain, &mut history, 1, |b| b.header.receipts_root = forged_root);
+    resign(&chain, &mut history, 1, |b| {
+        b.header.receipts_root = forged_root
+    });
     let error = expect_error(verify(&chain, &history), 2);
-    assert!(matches!(error, BlockError::ReceiptsRootMismatch { .. }), "{error}");
+    assert!(
+        matches!(error, BlockError::ReceiptsRootMismatch { .. }),
+        "{error}"
+    );
 }
 
 #[test]
@@ -154,7 +185,13 @@ fn missing_block() {
     history.remove(2);
     let error = expect_error(verify(&chain, &history), 3);
     assert!(
-        matches!(error, BlockError::UnexpectedHeight { expected: 3, got: 4 }),
+        matches!(
+            error,
+            BlockError::UnexpectedHeight {
+                expected: 3,
+                got: 4
+            }
+        ),
         "{error}"
     );
 }
@@ -166,7 +203,13 @@ fn swapped_blocks() {
     history.swap(3, 4);
     let error = expect_error(verify(&chain, &history), 4);
     assert!(
-        matches!(error, BlockError::UnexpectedHeight { expected: 4, got: 5 }),
+        matches!(
+            error,
+            BlockError::UnexpectedHeight {
+                expected: 4,
+                got: 5
+            }
+        ),
         "{error}"
     );
 }
@@ -181,7 +224,9 @@ fn wrong_chain_id() {
 
     // A block of this chain relabelled and re-certified.
     let mut history = chain.blocks.clone();
-    resign(&chain, &mut history, 0, |b| b.header.chain_id = "history-fork".into());
+    resign(&chain, &mut history, 0, |b| {
+        b.header.chain_id = "history-fork".into()
+    });
     let error = expect_error(verify(&chain, &history), 1);
     assert!(matches!(error, BlockError::WrongChainId { .. }), "{error}");
 }
@@ -195,7 +240,10 @@ fn certificate_below_quorum() {
     assert!(
         matches!(
             error,
-            BlockError::Certificate(CertificateError::InsufficientPower { got: 20, needed: 27 })
+            BlockError::Certificate(CertificateError::InsufficientPower {
+                got: 20,
+                needed: 27
+            })
         ),
         "{error}"
     );
@@ -250,7 +298,10 @@ fn certificate_for_another_block() {
     history[4].1 = certify(&chain.context, 5, Hash::digest(b"another block"), &signers);
     let error = expect_error(verify(&chain, &history), 5);
     assert!(
-        matches!(error, BlockError::Certificate(CertificateError::WrongBlock { .. })),
+        matches!(
+            error,
+            BlockError::Certificate(CertificateError::WrongBlock { .. })
+        ),
         "{error}"
     );
     // The previous block's certificate reused.
@@ -260,7 +311,10 @@ fn certificate_for_another_block() {
     assert!(
         matches!(
             error,
-            BlockError::Certificate(CertificateError::WrongHeight { expected: 5, got: 4 })
+            BlockError::Certificate(CertificateError::WrongHeight {
+                expected: 5,
+                got: 4
+            })
         ),
         "{error}"
     );
@@ -275,7 +329,10 @@ fn forged_certificate_signature() {
     history[2].1.signatures[1].signature = stele_consensus::Signature::from_bytes(bytes);
     let error = expect_error(verify(&chain, &history), 3);
     assert!(
-        matches!(error, BlockError::Certificate(CertificateError::BadSignature { .. })),
+        matches!(
+            error,
+            BlockError::Certificate(CertificateError::BadSignature { .. })
+        ),
         "{error}"
     );
 }
@@ -295,7 +352,10 @@ fn tampered_last_commit() {
         cert.signatures.truncate(3);
     }
     let error = expect_error(verify(&chain, &history), 4);
-    assert!(matches!(error, BlockError::LastCommitHashMismatch { .. }), "{error}");
+    assert!(
+        matches!(error, BlockError::LastCommitHashMismatch { .. }),
+        "{error}"
+    );
 
     // Re-certified with a below-quorum parent certificate.
     let mut history = chain.blocks.clone();
@@ -306,7 +366,10 @@ fn tampered_last_commit() {
     });
     let error = expect_error(verify(&chain, &history), 4);
     assert!(
-        matches!(error, BlockError::LastCommit(CertificateError::InsufficientPower { .. })),
+        matches!(
+            error,
+            BlockError::LastCommit(CertificateError::InsufficientPower { .. })
+        ),
         "{error}"
     );
 }
@@ -326,7 +389,10 @@ fn replayed_transaction_in_a_later_block() {
             error,
             BlockError::InvalidTransaction {
                 index: 0,
-                rejection: TxRejection::BadNonce { expected: 3, got: 0 }
+                rejection: TxRejection::BadNonce {
+                    expected: 3,
+                    got: 0
+                }
             }
         ),
         "{error}"
@@ -337,7 +403,9 @@ fn replayed_transaction_in_a_later_block() {
 fn broken_parent_link() {
     let chain = sample_chain("history");
     let mut history = chain.blocks.clone();
-    resign(&chain, &mut history, 2, |b| b.header.parent_hash = Hash::digest(b"elsewhere"));
+    resign(&chain, &mut history, 2, |b| {
+        b.header.parent_hash = Hash::digest(b"elsewhere")
+    });
     let error = expect_error(verify(&chain, &history), 3);
     assert!(matches!(error, BlockError::WrongParent { .. }), "{error}");
 }

@@ -23,7 +23,13 @@ fn key_strategy() -> impl Strategy<Value = Hash> {
 /// An update: a key and a new value hash, or `None` to delete it.
 fn updates_strategy() -> impl Strategy<Value = Vec<(Hash, Option<Hash>)>> {
     prop::collection::vec(
-        (key_strategy(), prop::option::weighted(0.8, any::<u64>().prop_map(|v| Hash::digest(&v.to_le_bytes())))),
+        (
+            key_strategy(),
+            prop::option::weighted(
+                0.8,
+                any::<u64>().prop_map(|v| Hash::digest(&v.to_le_bytes())),
+            ),
+        ),
         0..200,
     )
 }

@@ -35,7 +35,11 @@ fn chain(blocks: usize) -> TestChain {
 fn commit_all(store: &Store, chain: &TestChain, from: usize, to: usize) {
     for (block, certificate) in &chain.blocks[from..to] {
         let tip = store.tip();
-        let parent_set: Option<ValidatorSet> = (tip.height > 0).then(|| chain.outcomes[tip.height as usize - 1].validator_set.clone());
+        let parent_set: Option<ValidatorSet> = (tip.height > 0).then(|| {
+            chain.outcomes[tip.height as usize - 1]
+                .validator_set
+                .clone()
+        });
         let outcome = validate_block(
             store,
             &chain.context,
@@ -57,7 +61,10 @@ fn commits_survive_reopening() {
     {
         let store = Store::open(dir.path(), &chain.genesis, options(4)).unwrap();
         assert_eq!(store.tip().height, 0);
-        assert_eq!(store.root().unwrap(), chain.genesis.memory_state().unwrap().root().unwrap());
+        assert_eq!(
+            store.root().unwrap(),
+            chain.genesis.memory_state().unwrap().root().unwrap()
+        );
         commit_all(&store, &chain, 0, 7);
     }
     let store = Store::open(dir.path(), &chain.genesis, options(4)).unwrap();
@@ -76,8 +83,14 @@ fn commits_survive_reopening() {
     for (i, (block, certificate)) in chain.blocks.iter().enumerate() {
         let height = i as u64 + 1;
         assert_eq!(store.block(height).unwrap().as_ref(), Some(block));
-        assert_eq!(store.certificate(height).unwrap().as_ref(), Some(certificate));
-        assert_eq!(store.receipts(height).unwrap().unwrap(), chain.outcomes[i].receipts);
+        assert_eq!(
+            store.certificate(height).unwrap().as_ref(),
+            Some(certificate)
+        );
+        assert_eq!(
+            store.receipts(height).unwrap().unwrap(),
+            chain.outcomes[i].receipts
+        );
         for (index, tx) in block.txs.iter().enumerate() {
             let location = store.tx_location(&tx.hash()).unwrap().unwrap();
             assert_eq!((location.height, location.index as usize), (height, index));
@@ -114,17 +127,30 @@ fn proofs_for_each_kept_height_and_pruning() {
         let (value, proof) = store.prove(&account, height).unwrap();
         assert_eq!(value, expected_values[height as usize], "height {height}");
         let value = value.expect("account exists");
-        proof.verify(&root, &account, Some(&value_hash(&value))).unwrap();
+        proof
+            .verify(&root, &account, Some(&value_hash(&value)))
+            .unwrap();
         let (none, proof) = store.prove(&absent, height).unwrap();
         assert!(none.is_none());
         proof.verify(&root, &absent, None).unwrap();
         // A proof of one height does not verify against another height's root.
         let other_root = chain.blocks[height as usize - 2].0.header.state_root;
-        assert!(store.prove(&account, height).unwrap().1.verify(&other_root, &account, Some(&value_hash(&value))).is_err());
+        assert!(
+            store
+                .prove(&account, height)
+                .unwrap()
+                .1
+                .verify(&other_root, &account, Some(&value_hash(&value)))
+                .is_err()
+        );
     }
     assert!(matches!(
         store.prove(&account, 10 - kept),
-        Err(LedgerError::VersionUnavailable { version: 6, oldest: 7, latest: 10 })
+        Err(LedgerError::VersionUnavailable {
+            version: 6,
+            oldest: 7,
+            latest: 10
+        })
     ));
     assert!(matches!(
         store.prove(&account, 11),
@@ -145,7 +171,10 @@ fn refuses_another_chain_and_out_of_order_commits() {
         let (block, certificate) = &chain.blocks[2];
         assert!(matches!(
             store.commit_block(block, certificate, &outcome),
-            Err(LedgerError::NotNextHeight { expected: 2, got: 3 })
+            Err(LedgerError::NotNextHeight {
+                expected: 2,
+                got: 3
+            })
         ));
         // Block 2's outcome as executed elsewhere on another state.
         let mut stale = chain.outcomes[1].clone();
@@ -166,7 +195,9 @@ fn refuses_another_chain_and_out_of_order_commits() {
 
 impl TestChainExt for TestChain {
     fn tip_state_root(&self) -> Hash {
-        self.blocks.last().map_or(Hash::ZERO, |(b, _)| b.header.state_root)
+        self.blocks
+            .last()
+            .map_or(Hash::ZERO, |(b, _)| b.header.state_root)
     }
 }
 

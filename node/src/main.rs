@@ -64,6 +64,8 @@ fn main() -> ExitCode {
         Command::Localnet { .. } => "localnet",
         Command::Export { .. } => "export",
     };
-    eprintln!("error: `stele-node {name}` is not implemented yet (it lands with the node issue, #4)");
+    eprintln!(
+        "error: `stele-node {name}` is not implemented yet (it lands with the node issue, #4)"
+    );
     ExitCode::from(2)
 }

@@ -39,6 +39,8 @@ fn main() -> ExitCode {
         Command::Balance => "balance",
         Command::Audit { .. } => "audit",
     };
-    eprintln!("error: `stele-wallet {name}` is not implemented yet (it lands with the wallet issue, #5)");
+    eprintln!(
+        "error: `stele-wallet {name}` is not implemented yet (it lands with the wallet issue, #5)"
+    );
     ExitCode::from(2)
 }

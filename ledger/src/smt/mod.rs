@@ -77,7 +77,7 @@ pub fn update<S: PageSource + ?Sized>(
     mut updates: Vec<(Hash, Option<Hash>)>,
 ) -> Result<TreeUpdate, LedgerError> {
     // Stable sort keeps equal keys in input order; keep the last of each run.
-    updates.sort_by(|a, b| a.0.cmp(&b.0));
+    updates.sort_by_key(|u| u.0);
     let mut deduped: Vec<(Hash, Option<Hash>)> = Vec::with_capacity(updates.len());
     for entry in updates {
         match deduped.last_mut() {
@@ -148,7 +148,14 @@ fn update_page<S: PageSource + ?Sized>(
                 .iter()
                 .take_while(|(key, _)| slot_of(key, id.depth()) == slot)
                 .count();
-        let content = update_slot(source, id, slot, *page.slot(slot), &updates[start..end], changes)?;
+        let content = update_slot(
+            source,
+            id,
+            slot,
+            *page.slot(slot),
+            &updates[start..end],
+            changes,
+        )?;
         if content != *page.slot(slot) {
             page.set_slot(slot, content);
             dirty |= 1 << slot;
@@ -185,9 +192,11 @@ fn update_slot<S: PageSource + ?Sized>(
     let existing = match current {
         Slot::Child { .. } => {
             let child_id = id.child(slot);
-            let child = source.page(&child_id)?.ok_or_else(|| LedgerError::Corrupt {
-                what: format!("state page {child_id:?} is referenced but missing"),
-            })?;
+            let child = source
+                .page(&child_id)?
+                .ok_or_else(|| LedgerError::Corrupt {
+                    what: format!("state page {child_id:?} is referenced but missing"),
+                })?;
             return Ok(
                 match update_page(source, child_id, Some(child), updates, changes)? {
                     Subtree::Empty => Slot::Empty,
@@ -208,7 +217,10 @@ fn update_slot<S: PageSource + ?Sized>(
         }),
         _ => {
             // Two distinct keys cannot share a slot of the last page level.
-            assert!(id.depth() < PAGE_DEPTH_MAX, "distinct keys in one final slot");
+            assert!(
+                id.depth() < PAGE_DEPTH_MAX,
+                "distinct keys in one final slot"
+            );
             let inserts: Vec<(Hash, Option<Hash>)> =
                 merged.into_iter().map(|(k, v)| (k, Some(v))).collect();
             match update_page(source, id.child(slot), None, &inserts, changes)? {
@@ -220,7 +232,10 @@ fn update_slot<S: PageSource + ?Sized>(
 }
 
 /// The leaves of a slot after applying `updates` to its current leaf, sorted by key.
-fn merge_leaf(existing: Option<(Hash, Hash)>, updates: &[(Hash, Option<Hash>)]) -> Vec<(Hash, Hash)> {
+fn merge_leaf(
+    existing: Option<(Hash, Hash)>,
+    updates: &[(Hash, Option<Hash>)],
+) -> Vec<(Hash, Hash)> {
     let mut out: Vec<(Hash, Hash)> = Vec::with_capacity(updates.len() + 1);
     let mut existing = existing;
     for (key, value) in updates {
@@ -243,7 +258,10 @@ fn merge_leaf(existing: Option<(Hash, Hash)>, updates: &[(Hash, Option<Hash>)]) 
 }
 
 /// Builds the proof for `key` from the pages in `source`.
-pub fn prove<S: PageSource + ?Sized>(source: &S, key: &Hash) -> Result<SparseMerkleProof, LedgerError> {
+pub fn prove<S: PageSource + ?Sized>(
+    source: &S,
+    key: &Hash,
+) -> Result<SparseMerkleProof, LedgerError> {
     let mut siblings = Vec::new();
     let Some(mut page) = source.page(&PageId::ROOT)? else {
         return Ok(SparseMerkleProof {
@@ -302,7 +320,7 @@ pub fn lookup<S: PageSource + ?Sized>(source: &S, key: &Hash) -> Result<Option<H
 /// The root of the tree holding exactly `leaves`, computed directly from the definition
 /// with no pages. The reference the paged implementation is tested and checked against.
 pub fn root_from_leaves(leaves: &mut [(Hash, Hash)]) -> Hash {
-    leaves.sort_by(|a, b| a.0.cmp(&b.0));
+    leaves.sort_by_key(|l| l.0);
     subtree_root(leaves, 0)
 }
 
@@ -428,7 +446,12 @@ mod tests {
         let mut pages = MemoryPages::default();
         let root = apply(
             &mut pages,
-            vec![(h(1), Some(h(2))), (h(1), Some(h(3))), (h(4), Some(h(5))), (h(4), None)],
+            vec![
+                (h(1), Some(h(2))),
+                (h(1), Some(h(3))),
+                (h(4), Some(h(5))),
+                (h(4), None),
+            ],
         );
         assert_eq!(root, leaf_hash(&h(1), &h(3)));
     }

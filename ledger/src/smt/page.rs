@@ -33,7 +33,7 @@ pub fn slot_of(key: &Hash, depth: usize) -> usize {
     debug_assert!(depth.is_multiple_of(PAGE_LEVELS) && depth <= PAGE_DEPTH_MAX);
     let byte = key.as_bytes()[depth / 8];
     // PAGE_LEVELS is 4, so a page's slot bits are exactly one nibble.
-    if depth % 8 == 0 {
+    if depth.is_multiple_of(8) {
         (byte >> 4) as usize
     } else {
         (byte & 0x0f) as usize
@@ -61,10 +61,81 @@ pub fn internal_hash(left: &Hash, right: &Hash) -> Hash {
 }
 
 /// Identifies a page: its depth and the key bits above it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PageId {
     depth: u8,
     prefix: [u8; 32],
+}
+
+impl std::hash::Hash for PageId {
+    /// Keys are SHA-256 outputs, so the prefix bits are already uniformly random: a
+    /// single mix of the first 16 bytes and the depth (see [`RandomKeyHasher`])
+    /// is a good table hash, and much cheaper than SipHash over 33 bytes on this hot
+    /// path. (Pages deeper
+    /// than 128 bits differ only further on; they still compare correctly by `Eq`.)
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&self.prefix[..8]);
+        b.copy_from_slice(&self.prefix[8..16]);
+        state.write_u64(
+            u64::from_be_bytes(a) ^ u64::from_be_bytes(b).rotate_left(29) ^ u64::from(self.depth),
+        );
+    }
+}
+
+/// A table hasher for keys whose bytes are already uniformly random (hash outputs and
+/// [`PageId`]s): it mixes the first eight bytes it is given instead of running SipHash
+/// over all of them. Not for keys an adversary can choose freely; state keys are
+/// SHA-256 outputs, so finding many that collide here costs a preimage search.
+#[derive(Default, Clone, Copy)]
+pub struct RandomKeyHasher(u64);
+
+impl std::hash::Hasher for RandomKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(first) = bytes.first_chunk::<8>() {
+            self.write_u64(u64::from_le_bytes(*first));
+        } else {
+            for b in bytes {
+                self.0 = mix64(self.0.rotate_left(8) ^ u64::from(*b));
+            }
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = mix64(self.0 ^ value);
+    }
+}
+
+/// The splitmix64 finalizer: every input bit affects every output bit. Hash tables
+/// take bucket indices from the low bits and tags from the high bits, so both must
+/// depend on all of the input (a plain multiply never moves high bits down).
+fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Builds [`RandomKeyHasher`]s.
+pub type RandomKeyHashBuilder = std::hash::BuildHasherDefault<RandomKeyHasher>;
+
+/// A page's storage key, without allocating: depth, then the prefix bytes in use.
+#[derive(Clone, Copy)]
+pub struct PageDbKey {
+    bytes: [u8; 33],
+    len: u8,
+}
+
+impl AsRef<[u8]> for PageDbKey {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
 }
 
 impl PageId {
@@ -82,11 +153,14 @@ impl PageId {
     /// The page below slot `slot` of this one.
     pub fn child(&self, slot: usize) -> PageId {
         let depth = self.depth();
-        assert!(depth < PAGE_DEPTH_MAX, "pages at the last level have no children");
+        assert!(
+            depth < PAGE_DEPTH_MAX,
+            "pages at the last level have no children"
+        );
         assert!(slot < SLOTS);
         let mut prefix = self.prefix;
         let byte = &mut prefix[depth / 8];
-        if depth % 8 == 0 {
+        if depth.is_multiple_of(8) {
             *byte |= (slot as u8) << 4;
         } else {
             *byte |= slot as u8;
@@ -103,7 +177,7 @@ impl PageId {
         let mut prefix = [0u8; 32];
         let full_bytes = depth / 8;
         prefix[..full_bytes].copy_from_slice(&key.as_bytes()[..full_bytes]);
-        if depth % 8 != 0 {
+        if !depth.is_multiple_of(8) {
             prefix[full_bytes] = key.as_bytes()[full_bytes] & 0xf0;
         }
         PageId {
@@ -119,11 +193,19 @@ impl PageId {
 
     /// Storage key: depth, then the prefix bytes that carry bits.
     pub fn to_db_key(&self) -> Vec<u8> {
+        self.db_key().as_ref().to_vec()
+    }
+
+    /// Storage key, without allocating.
+    pub fn db_key(&self) -> PageDbKey {
         let used = self.depth().div_ceil(8);
-        let mut out = Vec::with_capacity(1 + used);
-        out.push(self.depth);
-        out.extend_from_slice(&self.prefix[..used]);
-        out
+        let mut bytes = [0u8; 33];
+        bytes[0] = self.depth;
+        bytes[1..1 + used].copy_from_slice(&self.prefix[..used]);
+        PageDbKey {
+            bytes,
+            len: (1 + used) as u8,
+        }
     }
 
     /// Parses [`PageId::to_db_key`].
@@ -141,7 +223,7 @@ impl PageId {
         }
         let mut prefix = [0u8; 32];
         prefix[..rest.len()].copy_from_slice(rest);
-        if depth_usize % 8 != 0 && prefix[rest.len() - 1] & 0x0f != 0 {
+        if !depth_usize.is_multiple_of(8) && prefix[rest.len() - 1] & 0x0f != 0 {
             return Err(corrupt("bits below the depth are set"));
         }
         Ok(PageId { depth, prefix })
@@ -266,7 +348,8 @@ impl Page {
         let mut dirty: u64 = u64::from(dirty_slots) << SLOTS;
         for node in (1..SLOTS).rev() {
             if dirty & (0b11 << (2 * node)) != 0 {
-                self.nodes[node] = NodeSummary::combine(self.nodes[2 * node], self.nodes[2 * node + 1]);
+                self.nodes[node] =
+                    NodeSummary::combine(self.nodes[2 * node], self.nodes[2 * node + 1]);
                 dirty |= 1 << node;
             }
         }
@@ -286,9 +369,16 @@ impl Page {
     /// order: 64 bytes for a leaf (key, value hash), 32 for a child (hash). Internal
     /// nodes are derived, not stored.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + SLOTS * 64);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`Page::encode`] into `out` (cleared first), reusing its allocation.
+    pub fn encode_into(&self, body: &mut Vec<u8>) {
         let mut leaves: u16 = 0;
         let mut children: u16 = 0;
-        let mut body = Vec::with_capacity(4 + SLOTS * 64);
+        body.clear();
         body.extend_from_slice(&[0; 4]);
         for (i, slot) in self.slots.iter().enumerate() {
             match slot {
@@ -306,7 +396,6 @@ impl Page {
         }
         body[..2].copy_from_slice(&leaves.to_le_bytes());
         body[2..4].copy_from_slice(&children.to_le_bytes());
-        body
     }
 
     /// Decodes [`Page::encode`] output for page `id`, checking that every leaf lies in
@@ -347,9 +436,12 @@ impl Page {
                 if id.depth() >= PAGE_DEPTH_MAX {
                     return Err(corrupt("child page below the last level"));
                 }
-                page.set_slot(i, Slot::Child {
-                    hash: hash_from(take(32)),
-                });
+                page.set_slot(
+                    i,
+                    Slot::Child {
+                        hash: hash_from(take(32)),
+                    },
+                );
             }
         }
         page.rehash_all();
@@ -392,13 +484,19 @@ mod tests {
     fn encoding_round_trips_and_rejects_misplaced_leaves() {
         let mut page = Page::default();
         let key = Hash::from_bytes([0x5c; 32]);
-        page.set_slot(5, Slot::Leaf {
-            key,
-            value_hash: Hash::digest(b"v"),
-        });
-        page.set_slot(9, Slot::Child {
-            hash: Hash::digest(b"c"),
-        });
+        page.set_slot(
+            5,
+            Slot::Leaf {
+                key,
+                value_hash: Hash::digest(b"v"),
+            },
+        );
+        page.set_slot(
+            9,
+            Slot::Child {
+                hash: Hash::digest(b"c"),
+            },
+        );
         page.rehash_all();
         let bytes = page.encode();
         assert_eq!(Page::decode(&PageId::ROOT, &bytes).unwrap(), page);

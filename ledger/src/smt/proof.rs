@@ -8,7 +8,9 @@ use super::page::{internal_hash, key_bit, leaf_hash};
 use crate::error::ProofError;
 
 /// The leaf a proof ends at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
 pub struct ProofLeaf {
     /// The leaf's key. Equal to the queried key for an inclusion proof; for a
     /// non-inclusion proof, another key that shares the path down to the leaf.

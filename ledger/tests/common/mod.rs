@@ -48,7 +48,11 @@ pub fn genesis(chain_id: &str, validators: usize, accounts: usize) -> Genesis {
             .map(|i| GenesisAccount {
                 account: account_key(i).public_key(),
                 balance: ACCOUNT_BALANCE,
-                roles: if i == 0 { Role::ALL.to_vec() } else { Vec::new() },
+                roles: if i == 0 {
+                    Role::ALL.to_vec()
+                } else {
+                    Vec::new()
+                },
             })
             .collect(),
         peers: Vec::new(),
@@ -193,7 +197,8 @@ impl TestChain {
 
     /// Balance of account `i` in the current state.
     pub fn balance(&self, i: usize) -> u64 {
-        self.account(&account_key(i).public_key()).map_or(0, |a| a.balance)
+        self.account(&account_key(i).public_key())
+            .map_or(0, |a| a.balance)
     }
 
     pub fn account(&self, key: &PublicKey) -> Option<stele_ledger::Account> {

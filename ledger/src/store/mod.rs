@@ -36,8 +36,13 @@ use crate::block::{Block, Receipt};
 use crate::error::LedgerError;
 use crate::exec::{ChainTip, ExecutionOutcome};
 use crate::genesis::Genesis;
+use crate::smt::page::RandomKeyHashBuilder;
 use crate::smt::{self, Page, PageId, PageSource, SharedPage, SparseMerkleProof};
 use crate::state::{StateDelta, StateReader};
+
+mod undo;
+
+use undo::UndoRecord;
 
 const CF_BLOCKS: &str = "blocks";
 const CF_CERTIFICATES: &str = "certificates";
@@ -75,9 +80,12 @@ const UNDO_CACHE_RECORDS: usize = 16;
 pub struct StoreOptions {
     /// Heights whose state can be read and proven (the latest included). At least 1.
     pub state_versions_kept: u64,
-    /// Tree pages kept decoded in memory (about 1.6 KiB each). The upper levels of the
-    /// tree are touched by every block, so in practice they always stay.
+    /// Tree pages kept decoded in memory (about 2.2 KiB each). The upper levels of the
+    /// tree are touched by every block, so in practice they always stay. A state of a
+    /// million accounts has about 360,000 pages.
     pub page_cache_pages: usize,
+    /// State values (accounts) kept in memory, for execution reads.
+    pub value_cache_entries: usize,
     /// RocksDB block cache, in bytes.
     pub block_cache_bytes: usize,
     /// Fsync every commit. Turning it off keeps crash consistency against a process
@@ -89,7 +97,8 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             state_versions_kept: 64,
-            page_cache_pages: 256 * 1024,
+            page_cache_pages: 512 * 1024,
+            value_cache_entries: 1024 * 1024,
             block_cache_bytes: 256 * 1024 * 1024,
             sync_writes: true,
         }
@@ -112,31 +121,6 @@ struct StoredTip {
     time_ms: u64,
 }
 
-/// Previous content of everything one height changed.
-#[derive(Debug, Default, BorshSerialize, BorshDeserialize)]
-struct UndoRecord {
-    /// (page key, encoded page before), sorted by page key.
-    pages: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// (value key, value before), sorted by key.
-    values: Vec<(Hash, Option<Vec<u8>>)>,
-}
-
-impl UndoRecord {
-    fn page(&self, db_key: &[u8]) -> Option<&Option<Vec<u8>>> {
-        self.pages
-            .binary_search_by(|(k, _)| k.as_slice().cmp(db_key))
-            .ok()
-            .map(|i| &self.pages[i].1)
-    }
-
-    fn value(&self, key: &Hash) -> Option<&Option<Vec<u8>>> {
-        self.values
-            .binary_search_by(|(k, _)| k.cmp(key))
-            .ok()
-            .map(|i| &self.values[i].1)
-    }
-}
-
 /// The node's database.
 pub struct Store {
     db: DB,
@@ -146,7 +130,9 @@ pub struct Store {
     tip: Mutex<ChainTip>,
     /// Serialises commits: one writer at a time.
     commit_lock: Mutex<()>,
-    pages: Mutex<LruCache<PageId, SharedPage>>,
+    pages: Mutex<LruCache<PageId, SharedPage, RandomKeyHashBuilder>>,
+    /// Latest values of recently used keys (present values only).
+    values: Mutex<LruCache<Hash, Vec<u8>, RandomKeyHashBuilder>>,
     undo: Mutex<LruCache<u64, Arc<UndoRecord>>>,
 }
 
@@ -166,7 +152,9 @@ fn be(height: u64) -> [u8; 8] {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data (a cache, a tip) that
     // is still consistent, so poisoning is not a reason to fail.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn decode<T: BorshDeserialize>(what: &str, bytes: &[u8]) -> Result<T, LedgerError> {
@@ -182,11 +170,21 @@ fn encode<T: BorshSerialize>(value: &T) -> Vec<u8> {
 impl Store {
     /// Opens the store at `path` for the chain of `genesis`, creating it (with the
     /// genesis state at height 0) if it does not exist. Refuses a store of another chain.
-    pub fn open(path: &Path, genesis: &Genesis, options: StoreOptions) -> Result<Store, LedgerError> {
-        assert!(options.state_versions_kept >= 1, "at least the latest state is kept");
+    pub fn open(
+        path: &Path,
+        genesis: &Genesis,
+        options: StoreOptions,
+    ) -> Result<Store, LedgerError> {
+        assert!(
+            options.state_versions_kept >= 1,
+            "at least the latest state is kept"
+        );
         let db = open_db(path, &options)?;
         let genesis_hash = genesis.hash();
-        let page_capacity = NonZeroUsize::new(options.page_cache_pages.max(64)).expect("at least 64");
+        let page_capacity =
+            NonZeroUsize::new(options.page_cache_pages.max(64)).expect("at least 64");
+        let value_capacity =
+            NonZeroUsize::new(options.value_cache_entries.max(64)).expect("at least 64");
         let undo_capacity = NonZeroUsize::new(UNDO_CACHE_RECORDS).expect("constant is positive");
         let store = Store {
             db,
@@ -199,10 +197,20 @@ impl Store {
                 time_ms: genesis.genesis_time_ms,
             }),
             commit_lock: Mutex::new(()),
-            pages: Mutex::new(LruCache::new(page_capacity)),
+            pages: Mutex::new(LruCache::with_hasher(
+                page_capacity,
+                RandomKeyHashBuilder::default(),
+            )),
+            values: Mutex::new(LruCache::with_hasher(
+                value_capacity,
+                RandomKeyHashBuilder::default(),
+            )),
             undo: Mutex::new(LruCache::new(undo_capacity)),
         };
-        match store.db.get_pinned_cf(store.cf(CF_META), META_GENESIS_HASH)? {
+        match store
+            .db
+            .get_pinned_cf(store.cf(CF_META), META_GENESIS_HASH)?
+        {
             None => store.write_genesis()?,
             Some(stored) => {
                 let stored = Hash::from_bytes(stored.as_ref().try_into().map_err(|_| {
@@ -230,7 +238,7 @@ impl Store {
 
     fn write_genesis(&self) -> Result<(), LedgerError> {
         let delta = self.genesis.state_delta()?;
-        let mut batch = WriteBatch::default();
+        let mut batch = WriteBatch::with_capacity_bytes(Self::estimated_batch_bytes(&delta));
         self.put_state_delta(&mut batch, &delta);
         let meta = self.cf(CF_META);
         batch.put_cf(meta, META_SCHEMA, SCHEMA_VERSION.to_le_bytes());
@@ -252,15 +260,18 @@ impl Store {
 
     fn load_tip(&self) -> Result<(), LedgerError> {
         let meta = self.cf(CF_META);
-        let schema = self
-            .db
-            .get_pinned_cf(meta, META_SCHEMA)?
-            .ok_or_else(|| LedgerError::Corrupt {
-                what: "no schema version".into(),
-            })?;
+        let schema =
+            self.db
+                .get_pinned_cf(meta, META_SCHEMA)?
+                .ok_or_else(|| LedgerError::Corrupt {
+                    what: "no schema version".into(),
+                })?;
         if schema.as_ref() != SCHEMA_VERSION.to_le_bytes() {
             return Err(LedgerError::Corrupt {
-                what: format!("schema version {:?}, this build reads {SCHEMA_VERSION}", schema.as_ref()),
+                what: format!(
+                    "schema version {:?}, this build reads {SCHEMA_VERSION}",
+                    schema.as_ref()
+                ),
             });
         }
         let bytes = self
@@ -339,7 +350,12 @@ impl Store {
         self.get_decoded(CF_TX_INDEX, hash.as_bytes(), "transaction index entry")
     }
 
-    fn get_decoded<T: BorshDeserialize>(&self, cf: &str, key: &[u8], what: &str) -> Result<Option<T>, LedgerError> {
+    fn get_decoded<T: BorshDeserialize>(
+        &self,
+        cf: &str,
+        key: &[u8],
+        what: &str,
+    ) -> Result<Option<T>, LedgerError> {
         match self.db.get_pinned_cf(self.cf(cf), key)? {
             None => Ok(None),
             Some(bytes) => decode(what, &bytes).map(Some),
@@ -370,7 +386,10 @@ impl Store {
         }
         assert_eq!(outcome.height, height, "outcome of another height");
         assert_eq!(outcome.delta.version, height, "delta of another height");
-        assert_eq!(outcome.delta.root, block.header.state_root, "outcome of another block");
+        assert_eq!(
+            outcome.delta.root, block.header.state_root,
+            "outcome of another block"
+        );
         assert_eq!(outcome.receipts.len(), block.txs.len(), "receipt count");
         let root = smt::root_hash(self)?;
         if outcome.delta.base_root != root {
@@ -379,7 +398,10 @@ impl Store {
                 got: outcome.delta.base_root,
             });
         }
-        let mut batch = WriteBatch::default();
+        let block_bytes = block.encoded_len() + 64 * outcome.receipts.len() + 4096;
+        let mut batch = WriteBatch::with_capacity_bytes(
+            block_bytes + Self::estimated_batch_bytes(&outcome.delta),
+        );
         let key = be(height);
         batch.put_cf(self.cf(CF_BLOCKS), key, encode(block));
         batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(certificate));
@@ -398,7 +420,11 @@ impl Store {
             block_hash: block.hash(),
             time_ms: block.header.time_ms,
         };
-        batch.put_cf(self.cf(CF_META), META_TIP, encode(&self.stored_tip(&new_tip)));
+        batch.put_cf(
+            self.cf(CF_META),
+            META_TIP,
+            encode(&self.stored_tip(&new_tip)),
+        );
         self.db.write_opt(batch, &self.write_options())?;
         self.cache_pages(&outcome.delta);
         *lock(&self.tip) = new_tip;
@@ -410,28 +436,40 @@ impl Store {
     fn put_state_delta(&self, batch: &mut WriteBatch, delta: &StateDelta) {
         let values_cf = self.cf(CF_STATE_VALUES);
         let nodes_cf = self.cf(CF_STATE_NODES);
-        let mut undo = UndoRecord::default();
         for change in &delta.values {
             match &change.new {
                 Some(value) => batch.put_cf(values_cf, change.key.as_bytes(), value),
                 None => batch.delete_cf(values_cf, change.key.as_bytes()),
             }
-            undo.values.push((change.key, change.old.clone()));
         }
-        for change in &delta.pages {
-            let key = change.id.to_db_key();
+        // Ascending keys let the memtable's skiplist insert each entry next to the
+        // previous one instead of searching from the top.
+        let mut order: Vec<usize> = (0..delta.pages.len()).collect();
+        order.sort_unstable_by(|a, b| {
+            delta.pages[*a]
+                .id
+                .db_key()
+                .as_ref()
+                .cmp(delta.pages[*b].id.db_key().as_ref())
+        });
+        let mut scratch = Vec::with_capacity(4 + smt::page::SLOTS * 64);
+        for change in order.into_iter().map(|i| &delta.pages[i]) {
+            let key = change.id.db_key();
             match &change.new {
-                Some(page) => batch.put_cf(nodes_cf, &key, page.encode()),
-                None => batch.delete_cf(nodes_cf, &key),
+                Some(page) => {
+                    page.encode_into(&mut scratch);
+                    batch.put_cf(nodes_cf, key, &scratch);
+                }
+                None => batch.delete_cf(nodes_cf, key),
             }
-            undo.pages.push((key, change.old.as_ref().map(|p| p.encode())));
         }
-        undo.pages.sort_by(|a, b| a.0.cmp(&b.0));
-        // `values` arrive sorted by key from StateDelta::compute.
-        debug_assert!(undo.values.windows(2).all(|w| w[0].0 < w[1].0));
         if delta.version > 0 {
             let history_cf = self.cf(CF_STATE_HISTORY);
-            batch.put_cf(history_cf, be(delta.version), encode(&undo));
+            batch.put_cf(
+                history_cf,
+                be(delta.version),
+                undo::encode(&delta.pages, &delta.values),
+            );
             // Keep the undo records of the last `kept - 1` heights: enough to rebuild
             // the state of each of the last `kept` heights.
             let oldest_kept = self.oldest_version(delta.version);
@@ -439,6 +477,19 @@ impl Store {
                 batch.delete_range_cf(history_cf, be(0), be(oldest_kept + 1));
             }
         }
+    }
+
+    /// A generous estimate of the bytes a delta adds to a write batch, so the batch is
+    /// allocated once instead of growing (and copying) many times.
+    fn estimated_batch_bytes(delta: &StateDelta) -> usize {
+        let values: usize = delta
+            .values
+            .iter()
+            .map(|v| {
+                2 * (48 + v.new.as_ref().map_or(0, Vec::len) + v.old.as_ref().map_or(0, Vec::len))
+            })
+            .sum();
+        values + delta.pages.len() * (4 + smt::page::SLOTS * 64 + 48 + 200) + 4096
     }
 
     fn oldest_version(&self, latest: u64) -> u64 {
@@ -454,6 +505,18 @@ impl Store {
                 }
                 None => {
                     cache.pop(&change.id);
+                }
+            }
+        }
+        drop(cache);
+        let mut cache = lock(&self.values);
+        for change in &delta.values {
+            match &change.new {
+                Some(value) => {
+                    cache.put(change.key, value.clone());
+                }
+                None => {
+                    cache.pop(&change.key);
                 }
             }
         }
@@ -488,14 +551,22 @@ impl Store {
     }
 
     /// The value under `key` and its proof against the state root of height `version`.
-    pub fn prove(&self, key: &Hash, version: u64) -> Result<(Option<Vec<u8>>, SparseMerkleProof), LedgerError> {
+    pub fn prove(
+        &self,
+        key: &Hash,
+        version: u64,
+    ) -> Result<(Option<Vec<u8>>, SparseMerkleProof), LedgerError> {
         let state = self.state_at(version)?;
         let proof = smt::prove(&state, key)?;
         let value = state.value(key)?;
         Ok((value, proof))
     }
 
-    fn undo_record(&self, snapshot: &Snapshot<'_>, version: u64) -> Result<Arc<UndoRecord>, LedgerError> {
+    fn undo_record(
+        &self,
+        snapshot: &Snapshot<'_>,
+        version: u64,
+    ) -> Result<Arc<UndoRecord>, LedgerError> {
         if let Some(record) = lock(&self.undo).get(&version) {
             return Ok(record.clone());
         }
@@ -504,7 +575,7 @@ impl Store {
             .ok_or_else(|| LedgerError::Corrupt {
                 what: format!("undo record of height {version} is missing"),
             })?;
-        let record = Arc::new(decode::<UndoRecord>("undo record", &bytes)?);
+        let record = Arc::new(undo::decode(&bytes)?);
         lock(&self.undo).put(version, record.clone());
         Ok(record)
     }
@@ -516,7 +587,10 @@ impl Store {
     pub fn check_integrity(&self) -> Result<IntegrityReport, LedgerError> {
         let state = self.state_at(self.tip().height)?;
         let mut leaves = Vec::new();
-        for item in state.snapshot.iterator_cf(self.cf(CF_STATE_VALUES), rocksdb::IteratorMode::Start) {
+        for item in state
+            .snapshot
+            .iterator_cf(self.cf(CF_STATE_VALUES), rocksdb::IteratorMode::Start)
+        {
             let (key, value) = item?;
             let key: [u8; 32] = key.as_ref().try_into().map_err(|_| LedgerError::Corrupt {
                 what: format!("state value key of {} bytes", key.len()),
@@ -545,14 +619,19 @@ impl Store {
             });
         }
         let mut stored_pages = 0usize;
-        for item in state.snapshot.iterator_cf(self.cf(CF_STATE_NODES), rocksdb::IteratorMode::Start) {
+        for item in state
+            .snapshot
+            .iterator_cf(self.cf(CF_STATE_NODES), rocksdb::IteratorMode::Start)
+        {
             item?;
             stored_pages += 1;
         }
         let reachable_pages = count_reachable_pages(&state)?;
         if stored_pages != reachable_pages {
             return Err(LedgerError::Corrupt {
-                what: format!("{stored_pages} pages stored but {reachable_pages} reachable from the root"),
+                what: format!(
+                    "{stored_pages} pages stored but {reachable_pages} reachable from the root"
+                ),
             });
         }
         Ok(IntegrityReport {
@@ -604,9 +683,11 @@ fn count_reachable_pages<S: PageSource>(source: &S) -> Result<usize, LedgerError
         for slot in 0..smt::page::SLOTS {
             if let smt::page::Slot::Child { .. } = page.slot(slot) {
                 let child_id = id.child(slot);
-                let child = source.page(&child_id)?.ok_or_else(|| LedgerError::Corrupt {
-                    what: format!("state page {child_id:?} is referenced but missing"),
-                })?;
+                let child = source
+                    .page(&child_id)?
+                    .ok_or_else(|| LedgerError::Corrupt {
+                        what: format!("state page {child_id:?} is referenced but missing"),
+                    })?;
                 stack.push((child_id, child));
             }
         }
@@ -647,7 +728,10 @@ impl PageSource for Store {
         if let Some(page) = lock(&self.pages).get(id) {
             return Ok(Some(page.clone()));
         }
-        let Some(bytes) = self.db.get_pinned_cf(self.cf(CF_STATE_NODES), id.to_db_key())? else {
+        let Some(bytes) = self
+            .db
+            .get_pinned_cf(self.cf(CF_STATE_NODES), id.to_db_key())?
+        else {
             return Ok(None);
         };
         let page = Arc::new(Page::decode(id, &bytes)?);
@@ -661,15 +745,46 @@ impl PageSource for Store {
 /// [`Store::state_at`], which reads from a snapshot.
 impl StateReader for Store {
     fn value(&self, key: &Hash) -> Result<Option<Vec<u8>>, LedgerError> {
-        Ok(self.db.get_cf(self.cf(CF_STATE_VALUES), key.as_bytes())?)
+        if let Some(value) = lock(&self.values).get(key) {
+            return Ok(Some(value.clone()));
+        }
+        let value = self.db.get_cf(self.cf(CF_STATE_VALUES), key.as_bytes())?;
+        if let Some(value) = &value {
+            lock(&self.values).put(*key, value.clone());
+        }
+        Ok(value)
     }
 
     fn values(&self, keys: &[Hash]) -> Result<Vec<Option<Vec<u8>>>, LedgerError> {
-        self.db
-            .batched_multi_get_cf(self.cf(CF_STATE_VALUES), keys.iter().map(|k| k.as_bytes()), false)
-            .into_iter()
-            .map(|r| Ok(r?.map(|slice| slice.to_vec())))
-            .collect()
+        let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
+        let mut missing: Vec<usize> = Vec::new();
+        {
+            let mut cache = lock(&self.values);
+            for (i, key) in keys.iter().enumerate() {
+                let cached = cache.get(key).cloned();
+                if cached.is_none() {
+                    missing.push(i);
+                }
+                out.push(cached);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let read = self.db.batched_multi_get_cf(
+            self.cf(CF_STATE_VALUES),
+            missing.iter().map(|i| keys[*i].as_bytes()),
+            false,
+        );
+        let mut cache = lock(&self.values);
+        for (i, result) in missing.into_iter().zip(read) {
+            if let Some(slice) = result? {
+                let value = slice.to_vec();
+                cache.put(keys[i], value.clone());
+                out[i] = Some(value);
+            }
+        }
+        Ok(out)
     }
 
     fn version(&self) -> u64 {
@@ -686,15 +801,12 @@ pub struct HistoricState<'a> {
 }
 
 impl HistoricState<'_> {
-    /// The first undo record (from `version + 1` up) that remembers an older content
-    /// for an item; `None` if the item did not change after `version`.
-    fn older<T: Clone>(
-        &self,
-        find: impl Fn(&UndoRecord) -> Option<&Option<T>>,
-    ) -> Result<Option<Option<T>>, LedgerError> {
+    /// The value of `key` before the first height above this version that changed it;
+    /// `None` if no later height changed it.
+    fn older_value(&self, key: &Hash) -> Result<Option<Option<Vec<u8>>>, LedgerError> {
         for later in self.version + 1..=self.latest {
             let record = self.store.undo_record(&self.snapshot, later)?;
-            if let Some(old) = find(&record) {
+            if let Some(old) = record.value(key) {
                 return Ok(Some(old.clone()));
             }
         }
@@ -703,24 +815,27 @@ impl HistoricState<'_> {
 }
 
 impl PageSource for HistoricState<'_> {
+    /// The latest content, with the page's changes undone height by height down to
+    /// this version.
     fn page(&self, id: &PageId) -> Result<Option<SharedPage>, LedgerError> {
-        let key = id.to_db_key();
-        let bytes = match self.older(|r| r.page(&key))? {
-            Some(old) => old,
-            None => self
-                .snapshot
-                .get_pinned_cf(self.store.cf(CF_STATE_NODES), &key)?
-                .map(|b| b.to_vec()),
-        };
-        bytes
+        let mut page = self
+            .snapshot
+            .get_pinned_cf(self.store.cf(CF_STATE_NODES), id.db_key())?
             .map(|b| Page::decode(id, &b).map(Arc::new))
-            .transpose()
+            .transpose()?;
+        for later in (self.version + 1..=self.latest).rev() {
+            let record = self.store.undo_record(&self.snapshot, later)?;
+            if let Some(change) = record.page(id) {
+                page = undo::undo_page(id, page, change)?;
+            }
+        }
+        Ok(page)
     }
 }
 
 impl StateReader for HistoricState<'_> {
     fn value(&self, key: &Hash) -> Result<Option<Vec<u8>>, LedgerError> {
-        match self.older(|r| r.value(key))? {
+        match self.older_value(key)? {
             Some(old) => Ok(old),
             None => Ok(self
                 .snapshot
