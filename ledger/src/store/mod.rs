@@ -4,25 +4,38 @@
 //! # Atomicity
 //!
 //! Each block is committed with a single RocksDB write batch holding the block, its
-//! certificate, receipts, index entries, every state value and tree page it changes,
-//! the undo record for its height and the new chain tip. RocksDB applies a batch
-//! entirely or not at all, also across a crash (its write-ahead log replays whole
-//! batches only), so reopening always finds the last complete block and the state that
-//! goes with it. Writes are fsynced by default ([`StoreOptions::sync_writes`]).
+//! certificate, receipts, index entries, every state value it changes, the undo record
+//! for its height and the new chain tip. RocksDB applies a batch entirely or not at
+//! all, also across a crash (its write-ahead log replays whole batches only), so
+//! reopening always finds the last complete block. Writes are fsynced by default
+//! ([`StoreOptions::sync_writes`]).
+//!
+//! # Tree pages are written back, not through
+//!
+//! The state tree's pages changed by a block stay in memory ("dirty") and are written
+//! together every [`StoreOptions::page_flush_interval`] blocks, or sooner when
+//! [`StoreOptions::page_flush_dirty_pages`] pages are waiting, with a marker naming the
+//! height whose tree the stored pages then hold. The upper pages, which every block
+//! changes, are thus written once per flush instead of once per block. The tree is a
+//! function of the stored values, so nothing is lost in a crash: on reopening, the keys
+//! changed since the flushed height (listed in the undo records, which are kept at
+//! least that far back) are updated into the stored tree in one batch, and the root is
+//! checked against the tip header.
 //!
 //! # State history
 //!
-//! Tree pages and values are stored at their latest version only. Each block also
-//! writes an undo record: the previous content of every page and value it changed. The
-//! state at an older height `v` is the latest state with the undo records of heights
-//! `latest, latest - 1, ..., v + 1` applied; records older than the last
-//! [`StoreOptions::state_versions_kept`] heights are deleted in the same batch.
-//! Compared with versioned node keys (Jellyfish Merkle tree), this writes each changed
-//! page once per block instead of once plus a deletion later.
+//! Values and pages are stored at their latest version only. Each block also writes an
+//! undo record: the previous content of every value, and of every changed slot of every
+//! page, it changed. The state at an older height `v` is the latest state with the undo
+//! records of heights `latest, latest - 1, ..., v + 1` applied. Records are deleted once
+//! they fall out of both the last [`StoreOptions::state_versions_kept`] heights and the
+//! unflushed range. Compared with versioned node keys (Jellyfish Merkle tree), a change
+//! costs one overwrite instead of a new node plus a deletion later.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use lru::LruCache;
@@ -38,7 +51,7 @@ use crate::exec::{ChainTip, ExecutionOutcome};
 use crate::genesis::Genesis;
 use crate::smt::page::RandomKeyHashBuilder;
 use crate::smt::{self, Page, PageId, PageSource, SharedPage, SparseMerkleProof};
-use crate::state::{StateDelta, StateReader};
+use crate::state::{StateDelta, StateReader, value_hash};
 
 mod undo;
 
@@ -70,6 +83,7 @@ const META_SCHEMA: &[u8] = b"schema_version";
 const META_GENESIS: &[u8] = b"genesis";
 const META_GENESIS_HASH: &[u8] = b"genesis_hash";
 const META_TIP: &[u8] = b"tip";
+const META_TREE_VERSION: &[u8] = b"tree_version";
 const SCHEMA_VERSION: u32 = 1;
 
 /// Decoded undo records kept in memory for historical reads.
@@ -91,6 +105,13 @@ pub struct StoreOptions {
     /// Fsync every commit. Turning it off keeps crash consistency against a process
     /// crash but may lose the last blocks on power loss.
     pub sync_writes: bool,
+    /// Write the changed tree pages at least every this many blocks. Reopening after a
+    /// crash recomputes the tree for the keys changed since (a few seconds for tens of
+    /// thousands of blocks' worth of changes).
+    pub page_flush_interval: u64,
+    /// Write the changed tree pages as soon as this many are waiting (about 2.2 KiB of
+    /// memory each).
+    pub page_flush_dirty_pages: usize,
 }
 
 impl Default for StoreOptions {
@@ -101,6 +122,8 @@ impl Default for StoreOptions {
             value_cache_entries: 1024 * 1024,
             block_cache_bytes: 256 * 1024 * 1024,
             sync_writes: true,
+            page_flush_interval: 64,
+            page_flush_dirty_pages: 100_000,
         }
     }
 }
@@ -121,6 +144,14 @@ struct StoredTip {
     time_ms: u64,
 }
 
+/// Tree pages changed since the last flush.
+struct TreeCache {
+    /// New content of each changed page, `None` for a removed page.
+    dirty: HashMap<PageId, Option<SharedPage>, RandomKeyHashBuilder>,
+    /// The height whose tree the pages on disk hold.
+    flushed_version: u64,
+}
+
 /// The node's database.
 pub struct Store {
     db: DB,
@@ -128,12 +159,19 @@ pub struct Store {
     genesis: Genesis,
     genesis_hash: Hash,
     tip: Mutex<ChainTip>,
-    /// Serialises commits: one writer at a time.
-    commit_lock: Mutex<()>,
+    /// The tree pages not yet written. A commit holds it for writing from start to end,
+    /// which also makes commits one at a time; readers of the latest state take it for
+    /// reading per page, and a [`HistoricState`] for its whole life, so its view
+    /// cannot change under it.
+    tree: RwLock<TreeCache>,
+    /// Written pages recently used (never a page that is also dirty: dirty pages are
+    /// looked up first).
     pages: Mutex<LruCache<PageId, SharedPage, RandomKeyHashBuilder>>,
     /// Latest values of recently used keys (present values only).
     values: Mutex<LruCache<Hash, Vec<u8>, RandomKeyHashBuilder>>,
     undo: Mutex<LruCache<u64, Arc<UndoRecord>>>,
+    /// Heights whose tree pages had to be rebuilt when the store was opened.
+    rebuilt_heights: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -155,6 +193,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// A panic while a commit holds the tree may leave its dirty pages half updated:
+// continuing could serve or write a wrong tree, so a poisoned tree lock is fatal. (The
+// stored state is safe: reopening rebuilds the tree from the values.)
+fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read()
+        .expect("state tree lock poisoned by a panicked commit")
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .expect("state tree lock poisoned by a panicked commit")
 }
 
 fn decode<T: BorshDeserialize>(what: &str, bytes: &[u8]) -> Result<T, LedgerError> {
@@ -196,7 +247,10 @@ impl Store {
                 block_hash: genesis_hash,
                 time_ms: genesis.genesis_time_ms,
             }),
-            commit_lock: Mutex::new(()),
+            tree: RwLock::new(TreeCache {
+                dirty: HashMap::default(),
+                flushed_version: 0,
+            }),
             pages: Mutex::new(LruCache::with_hasher(
                 page_capacity,
                 RandomKeyHashBuilder::default(),
@@ -206,6 +260,7 @@ impl Store {
                 RandomKeyHashBuilder::default(),
             )),
             undo: Mutex::new(LruCache::new(undo_capacity)),
+            rebuilt_heights: std::sync::atomic::AtomicU64::new(0),
         };
         match store
             .db
@@ -239,14 +294,20 @@ impl Store {
     fn write_genesis(&self) -> Result<(), LedgerError> {
         let delta = self.genesis.state_delta()?;
         let mut batch = WriteBatch::with_capacity_bytes(Self::estimated_batch_bytes(&delta));
-        self.put_state_delta(&mut batch, &delta);
+        self.put_state_values(&mut batch, &delta, 0);
+        // The genesis tree is written directly: the store starts flushed at height 0.
+        self.put_pages(
+            &mut batch,
+            delta.pages.iter().map(|c| (c.id, c.new.as_ref())),
+            0,
+        );
         let meta = self.cf(CF_META);
         batch.put_cf(meta, META_SCHEMA, SCHEMA_VERSION.to_le_bytes());
         batch.put_cf(meta, META_GENESIS, encode(&self.genesis));
         batch.put_cf(meta, META_GENESIS_HASH, self.genesis_hash.as_bytes());
         batch.put_cf(meta, META_TIP, encode(&self.stored_tip(&lock(&self.tip))));
         self.db.write_opt(batch, &self.write_options())?;
-        self.cache_pages(&delta);
+        self.cache_values(&delta);
         Ok(())
     }
 
@@ -281,7 +342,26 @@ impl Store {
                 what: "no chain tip".into(),
             })?;
         let stored: StoredTip = decode("chain tip", &bytes)?;
-        // The state and the tip are written in the same batch; check they agree.
+        let tree_version = self
+            .db
+            .get_pinned_cf(meta, META_TREE_VERSION)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| LedgerError::Corrupt {
+                what: "no tree version".into(),
+            })?;
+        if tree_version > stored.height {
+            return Err(LedgerError::Corrupt {
+                what: format!(
+                    "tree pages are at height {tree_version}, above the tip {}",
+                    stored.height
+                ),
+            });
+        }
+        write_lock(&self.tree).flushed_version = tree_version;
+        self.recover_tree(stored.height)?;
+        // Values and tip are written in one batch, and the tree was brought up to the
+        // values: the root must be the tip header's.
         let root = smt::root_hash(self)?;
         let expected_root = if stored.height == 0 {
             self.genesis.state_delta()?.root
@@ -309,10 +389,116 @@ impl Store {
         Ok(())
     }
 
+    /// Brings the stored tree from its flushed height up to `tip_height`: updates the
+    /// keys the undo records of the heights in between list, with their current values,
+    /// in one batch, and flushes the result.
+    fn recover_tree(&self, tip_height: u64) -> Result<(), LedgerError> {
+        let mut tree = write_lock(&self.tree);
+        let from = tree.flushed_version;
+        if from >= tip_height {
+            return Ok(());
+        }
+        self.rebuilt_heights
+            .store(tip_height - from, std::sync::atomic::Ordering::Relaxed);
+        let mut keys: Vec<Hash> = Vec::new();
+        for height in from + 1..=tip_height {
+            let bytes = self
+                .db
+                .get_pinned_cf(self.cf(CF_STATE_HISTORY), be(height))?
+                .ok_or_else(|| LedgerError::Corrupt {
+                    what: format!(
+                        "undo record of height {height}, needed to rebuild the tree, is missing"
+                    ),
+                })?;
+            keys.extend(undo::decode(&bytes)?.value_keys());
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let values = self.db.batched_multi_get_cf(
+            self.cf(CF_STATE_VALUES),
+            keys.iter().map(|k| k.as_bytes()),
+            false,
+        );
+        let mut updates = Vec::with_capacity(keys.len());
+        for (key, value) in keys.into_iter().zip(values) {
+            updates.push((key, value?.map(|v| value_hash(&v))));
+        }
+        let update = smt::update(
+            &LatestPages {
+                store: self,
+                tree: &tree,
+            },
+            updates,
+        )?;
+        for change in update.pages {
+            tree.dirty.insert(change.id, change.new);
+        }
+        self.flush(&mut tree, tip_height)
+    }
+
+    /// Writes the dirty pages, marked as the tree of `version`, and moves them to the
+    /// page cache.
+    fn flush(&self, tree: &mut TreeCache, version: u64) -> Result<(), LedgerError> {
+        let mut batch = WriteBatch::with_capacity_bytes(
+            tree.dirty.len() * (4 + smt::page::SLOTS * 64 + 48) + 256,
+        );
+        self.put_pages(
+            &mut batch,
+            tree.dirty.iter().map(|(id, page)| (*id, page.as_ref())),
+            version,
+        );
+        self.db.write_opt(batch, &self.write_options())?;
+        let mut cache = lock(&self.pages);
+        for (id, page) in tree.dirty.drain() {
+            match page {
+                Some(page) => {
+                    cache.put(id, page);
+                }
+                None => {
+                    cache.pop(&id);
+                }
+            }
+        }
+        tree.flushed_version = version;
+        Ok(())
+    }
+
+    /// Adds page writes (in key order, which the memtable inserts fastest) and the tree
+    /// version marker to `batch`.
+    fn put_pages<'p>(
+        &self,
+        batch: &mut WriteBatch,
+        pages: impl Iterator<Item = (PageId, Option<&'p SharedPage>)>,
+        version: u64,
+    ) {
+        let nodes_cf = self.cf(CF_STATE_NODES);
+        let mut pages: Vec<(PageId, Option<&SharedPage>)> = pages.collect();
+        // `PageId`'s order (depth, then prefix) is the order of its storage keys.
+        pages.sort_unstable_by_key(|(id, _)| *id);
+        let mut scratch = Vec::with_capacity(4 + smt::page::SLOTS * 64);
+        for (id, page) in pages {
+            match page {
+                Some(page) => {
+                    page.encode_into(&mut scratch);
+                    batch.put_cf(nodes_cf, id.db_key(), &scratch);
+                }
+                None => batch.delete_cf(nodes_cf, id.db_key()),
+            }
+        }
+        batch.put_cf(self.cf(CF_META), META_TREE_VERSION, be(version));
+    }
+
     fn write_options(&self) -> WriteOptions {
         let mut options = WriteOptions::default();
         options.set_sync(self.options.sync_writes);
         options
+    }
+
+    /// How many heights of tree pages [`Store::open`] rebuilt from the stored values,
+    /// because the store was not closed cleanly (0 after a clean shutdown).
+    pub fn rebuilt_heights(&self) -> u64 {
+        self.rebuilt_heights
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The genesis this store was opened with.
@@ -375,7 +561,7 @@ impl Store {
         certificate: &CommitCertificate,
         outcome: &ExecutionOutcome,
     ) -> Result<(), LedgerError> {
-        let _commit = lock(&self.commit_lock);
+        let mut tree = write_lock(&self.tree);
         let tip = self.tip();
         let height = block.header.height;
         if height != tip.height + 1 {
@@ -391,7 +577,10 @@ impl Store {
             "outcome of another block"
         );
         assert_eq!(outcome.receipts.len(), block.txs.len(), "receipt count");
-        let root = smt::root_hash(self)?;
+        let root = smt::root_hash(&LatestPages {
+            store: self,
+            tree: &tree,
+        })?;
         if outcome.delta.base_root != root {
             return Err(LedgerError::StaleDelta {
                 expected: root,
@@ -414,7 +603,7 @@ impl Store {
             };
             batch.put_cf(index_cf, receipt.tx_hash.as_bytes(), encode(&location));
         }
-        self.put_state_delta(&mut batch, &outcome.delta);
+        self.put_state_values(&mut batch, &outcome.delta, tree.flushed_version);
         let new_tip = ChainTip {
             height,
             block_hash: block.hash(),
@@ -426,41 +615,30 @@ impl Store {
             encode(&self.stored_tip(&new_tip)),
         );
         self.db.write_opt(batch, &self.write_options())?;
-        self.cache_pages(&outcome.delta);
+        // The block is durable from here on. The pages join the dirty set; if the flush
+        // below fails, the next open rebuilds them from the values.
+        for change in &outcome.delta.pages {
+            tree.dirty.insert(change.id, change.new.clone());
+        }
+        self.cache_values(&outcome.delta);
         *lock(&self.tip) = new_tip;
+        if tree.dirty.len() >= self.options.page_flush_dirty_pages
+            || height - tree.flushed_version >= self.options.page_flush_interval
+        {
+            self.flush(&mut tree, height)?;
+        }
         Ok(())
     }
 
-    /// Adds a state delta to `batch`: values, pages, its undo record, and the deletion
-    /// of undo records that fall out of the kept window.
-    fn put_state_delta(&self, batch: &mut WriteBatch, delta: &StateDelta) {
+    /// Adds the values of a state delta to `batch` with its undo record, and deletes
+    /// the undo records no longer needed: those older than both the kept window and
+    /// the flushed tree (`flushed_version`).
+    fn put_state_values(&self, batch: &mut WriteBatch, delta: &StateDelta, flushed_version: u64) {
         let values_cf = self.cf(CF_STATE_VALUES);
-        let nodes_cf = self.cf(CF_STATE_NODES);
         for change in &delta.values {
             match &change.new {
                 Some(value) => batch.put_cf(values_cf, change.key.as_bytes(), value),
                 None => batch.delete_cf(values_cf, change.key.as_bytes()),
-            }
-        }
-        // Ascending keys let the memtable's skiplist insert each entry next to the
-        // previous one instead of searching from the top.
-        let mut order: Vec<usize> = (0..delta.pages.len()).collect();
-        order.sort_unstable_by(|a, b| {
-            delta.pages[*a]
-                .id
-                .db_key()
-                .as_ref()
-                .cmp(delta.pages[*b].id.db_key().as_ref())
-        });
-        let mut scratch = Vec::with_capacity(4 + smt::page::SLOTS * 64);
-        for change in order.into_iter().map(|i| &delta.pages[i]) {
-            let key = change.id.db_key();
-            match &change.new {
-                Some(page) => {
-                    page.encode_into(&mut scratch);
-                    batch.put_cf(nodes_cf, key, &scratch);
-                }
-                None => batch.delete_cf(nodes_cf, key),
             }
         }
         if delta.version > 0 {
@@ -470,11 +648,11 @@ impl Store {
                 be(delta.version),
                 undo::encode(&delta.pages, &delta.values),
             );
-            // Keep the undo records of the last `kept - 1` heights: enough to rebuild
-            // the state of each of the last `kept` heights.
-            let oldest_kept = self.oldest_version(delta.version);
-            if oldest_kept > 0 {
-                batch.delete_range_cf(history_cf, be(0), be(oldest_kept + 1));
+            // The last `kept - 1` records rebuild each of the last `kept` heights; those
+            // above the flushed height rebuild the tree after a crash.
+            let needed_from = self.oldest_version(delta.version).min(flushed_version);
+            if needed_from > 0 {
+                batch.delete_range_cf(history_cf, be(0), be(needed_from + 1));
             }
         }
     }
@@ -489,26 +667,14 @@ impl Store {
                 2 * (48 + v.new.as_ref().map_or(0, Vec::len) + v.old.as_ref().map_or(0, Vec::len))
             })
             .sum();
-        values + delta.pages.len() * (4 + smt::page::SLOTS * 64 + 48 + 200) + 4096
+        values + delta.pages.len() * 200 + 4096
     }
 
     fn oldest_version(&self, latest: u64) -> u64 {
         latest.saturating_sub(self.options.state_versions_kept - 1)
     }
 
-    fn cache_pages(&self, delta: &StateDelta) {
-        let mut cache = lock(&self.pages);
-        for change in &delta.pages {
-            match &change.new {
-                Some(page) => {
-                    cache.put(change.id, page.clone());
-                }
-                None => {
-                    cache.pop(&change.id);
-                }
-            }
-        }
-        drop(cache);
+    fn cache_values(&self, delta: &StateDelta) {
         let mut cache = lock(&self.values);
         for change in &delta.values {
             match &change.new {
@@ -522,11 +688,29 @@ impl Store {
         }
     }
 
+    /// A written page, through the page cache.
+    fn flushed_page(&self, id: &PageId) -> Result<Option<SharedPage>, LedgerError> {
+        if let Some(page) = lock(&self.pages).get(id) {
+            return Ok(Some(page.clone()));
+        }
+        let Some(bytes) = self
+            .db
+            .get_pinned_cf(self.cf(CF_STATE_NODES), id.db_key())?
+        else {
+            return Ok(None);
+        };
+        let page = Arc::new(Page::decode(id, &bytes)?);
+        lock(&self.pages).put(*id, page.clone());
+        Ok(Some(page))
+    }
+
     /// A consistent view of the state at `version`, which must be one of the last
     /// [`StoreOptions::state_versions_kept`] heights.
     pub fn state_at(&self, version: u64) -> Result<HistoricState<'_>, LedgerError> {
-        // Take the snapshot first, then read the tip it contains: the tip and the state
-        // are written in one batch, so they agree.
+        // Hold the tree for reading first, so no commit or flush runs; then take the
+        // snapshot and read the tip it contains (the tip and the values are written in
+        // one batch, so they agree, and the dirty pages match both).
+        let tree = read_lock(&self.tree);
         let snapshot = self.db.snapshot();
         let latest = {
             let tip_bytes = snapshot
@@ -544,6 +728,7 @@ impl Store {
         }
         Ok(HistoricState {
             store: self,
+            tree,
             snapshot,
             version,
             latest,
@@ -585,6 +770,11 @@ impl Store {
     /// checks that every stored page is reachable from the root (none leaked). Reads the
     /// whole state: for tests, audits of a node's disk, and recovery tooling.
     pub fn check_integrity(&self) -> Result<IntegrityReport, LedgerError> {
+        {
+            let mut tree = write_lock(&self.tree);
+            let height = self.tip().height;
+            self.flush(&mut tree, height)?;
+        }
         let state = self.state_at(self.tip().height)?;
         let mut leaves = Vec::new();
         for item in state
@@ -723,20 +913,44 @@ fn open_db(path: &Path, options: &StoreOptions) -> Result<DB, LedgerError> {
     Ok(DB::open_cf_descriptors(&db_options, path, descriptors)?)
 }
 
+/// The latest tree: dirty pages first, then written pages.
+struct LatestPages<'a> {
+    store: &'a Store,
+    tree: &'a TreeCache,
+}
+
+impl PageSource for LatestPages<'_> {
+    fn page(&self, id: &PageId) -> Result<Option<SharedPage>, LedgerError> {
+        match self.tree.dirty.get(id) {
+            Some(page) => Ok(page.clone()),
+            None => self.store.flushed_page(id),
+        }
+    }
+}
+
 impl PageSource for Store {
     fn page(&self, id: &PageId) -> Result<Option<SharedPage>, LedgerError> {
-        if let Some(page) = lock(&self.pages).get(id) {
-            return Ok(Some(page.clone()));
+        let tree = read_lock(&self.tree);
+        LatestPages {
+            store: self,
+            tree: &tree,
         }
-        let Some(bytes) = self
-            .db
-            .get_pinned_cf(self.cf(CF_STATE_NODES), id.to_db_key())?
-        else {
-            return Ok(None);
+        .page(id)
+    }
+}
+
+/// Writes the dirty tree pages on a clean shutdown, so the next open has nothing to
+/// rebuild. Errors are ignored: the next open rebuilds the tree anyway.
+impl Drop for Store {
+    fn drop(&mut self) {
+        let height = self.tip().height;
+        // A poisoned tree is left to the next open to rebuild.
+        let Ok(mut tree) = self.tree.write() else {
+            return;
         };
-        let page = Arc::new(Page::decode(id, &bytes)?);
-        lock(&self.pages).put(*id, page.clone());
-        Ok(Some(page))
+        if !tree.dirty.is_empty() || tree.flushed_version != height {
+            let _ = self.flush(&mut tree, height);
+        }
     }
 }
 
@@ -795,6 +1009,7 @@ impl StateReader for Store {
 /// The state at one kept height, read from a snapshot of the store.
 pub struct HistoricState<'a> {
     store: &'a Store,
+    tree: RwLockReadGuard<'a, TreeCache>,
     snapshot: Snapshot<'a>,
     version: u64,
     latest: u64,
@@ -818,11 +1033,13 @@ impl PageSource for HistoricState<'_> {
     /// The latest content, with the page's changes undone height by height down to
     /// this version.
     fn page(&self, id: &PageId) -> Result<Option<SharedPage>, LedgerError> {
-        let mut page = self
-            .snapshot
-            .get_pinned_cf(self.store.cf(CF_STATE_NODES), id.db_key())?
-            .map(|b| Page::decode(id, &b).map(Arc::new))
-            .transpose()?;
+        // While the tree is held for reading, written pages cannot change, so the page
+        // cache agrees with the snapshot.
+        let mut page = LatestPages {
+            store: self.store,
+            tree: &self.tree,
+        }
+        .page(id)?;
         for later in (self.version + 1..=self.latest).rev() {
             let record = self.store.undo_record(&self.snapshot, later)?;
             if let Some(change) = record.page(id) {

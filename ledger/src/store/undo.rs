@@ -50,6 +50,11 @@ impl UndoRecord {
             .map(|i| &self.pages[i].1)
     }
 
+    /// Keys of the values this height changed.
+    pub(super) fn value_keys(&self) -> impl Iterator<Item = Hash> + '_ {
+        self.values.iter().map(|(k, _)| *k)
+    }
+
     pub(super) fn value(&self, key: &Hash) -> Option<&Option<Vec<u8>>> {
         self.values
             .binary_search_by(|(k, _)| k.cmp(key))
