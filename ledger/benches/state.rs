@@ -31,6 +31,11 @@ use stele_ledger::{
     StoreOptions, Transaction, validate_block,
 };
 
+/// The allocator the node binary uses: the tree allocates a page copy per changed page,
+/// and glibc's allocator spends more time on that than the hashing does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH_SIZES: [usize; 2] = [1_000, 10_000];
 
 /// Where the time of a state update goes: [read old values, compute tree, commit], in
@@ -261,6 +266,52 @@ fn bench_smt(c: &mut Criterion) {
     );
 }
 
+/// The same tree update with pages in memory and nothing written: the tree's own CPU
+/// cost, apart from storage.
+fn bench_smt_memory(c: &mut Criterion) {
+    let accounts = accounts_in_state();
+    let mut pages = stele_ledger::smt::MemoryPages::default();
+    let mut rng = StdRng::seed_from_u64(9);
+    for chunk in (0..accounts).collect::<Vec<_>>().chunks(100_000) {
+        let updates = chunk
+            .iter()
+            .map(|i| {
+                (
+                    StateBench::key(*i),
+                    Some(Hash::digest(&random_value(&mut rng))),
+                )
+            })
+            .collect();
+        let update = stele_ledger::smt::update(&pages, updates).expect("tree update");
+        pages.apply(&update.pages);
+    }
+    let mut group = c.benchmark_group("smt_memory");
+    group.sample_size(20);
+    for n in BATCH_SIZES {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("update", n), |b| {
+            b.iter_batched(
+                || {
+                    (0..n)
+                        .map(|_| {
+                            let i = rng.random_range(0..accounts);
+                            (
+                                StateBench::key(i),
+                                Some(Hash::digest(&random_value(&mut rng))),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                },
+                |updates| {
+                    black_box(stele_ledger::smt::update(&pages, updates).expect("tree update"))
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
 struct ExecutionBench {
     _dir: tempfile::TempDir,
     store: Store,
@@ -421,6 +472,15 @@ fn report() {
             );
         }
     }
+    for n in BATCH_SIZES {
+        if let Some(ns) = mean_ns("smt_memory", &format!("update/{n}")) {
+            let rate = n as f64 / (ns / 1e9);
+            println!(
+                "  tree updates in memory, batch {n:>6}:   {rate:>12.0} keys/s = {:.2} x baseline",
+                rate / baseline_rate
+            );
+        }
+    }
     if let Some(ns) = mean_ns("execution", &format!("transfers/{EXECUTION_TRANSFERS}")) {
         let rate = EXECUTION_TRANSFERS as f64 / (ns / 1e9);
         println!(
@@ -434,6 +494,7 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     bench_baseline(&mut criterion);
     bench_smt(&mut criterion);
+    bench_smt_memory(&mut criterion);
     bench_execution(&mut criterion);
     criterion.final_summary();
     report();

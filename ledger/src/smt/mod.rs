@@ -138,8 +138,11 @@ fn update_page<S: PageSource + ?Sized>(
     updates: &[(Hash, Option<Hash>)],
     changes: &mut Vec<PageChange>,
 ) -> Result<Subtree, LedgerError> {
-    let mut page = base.as_deref().cloned().unwrap_or_default();
-    let mut dirty: u32 = 0;
+    let empty = Page::default();
+    let current: &Page = base.as_deref().unwrap_or(&empty);
+    // New contents of the slots that change, computed before the page is copied.
+    let mut changed: [(u8, Slot); SLOTS] = [(0, Slot::Empty); SLOTS];
+    let mut changed_count = 0;
     let mut start = 0;
     while start < updates.len() {
         let slot = slot_of(&updates[start].0, id.depth());
@@ -152,21 +155,29 @@ fn update_page<S: PageSource + ?Sized>(
             source,
             id,
             slot,
-            *page.slot(slot),
+            *current.slot(slot),
             &updates[start..end],
             changes,
         )?;
-        if content != *page.slot(slot) {
-            page.set_slot(slot, content);
-            dirty |= 1 << slot;
+        if content != *current.slot(slot) {
+            changed[changed_count] = (slot as u8, content);
+            changed_count += 1;
         }
         start = end;
     }
-    if dirty == 0 {
+    if changed_count == 0 {
         return Ok(base.as_ref().map_or(Subtree::Empty, |p| Subtree::of(p)));
     }
+    // One copy, straight into the new page's allocation (the base is shared).
+    let mut new_page = base.clone().unwrap_or_else(|| Arc::new(Page::default()));
+    let page = Arc::make_mut(&mut new_page);
+    let mut dirty: u32 = 0;
+    for (slot, content) in &changed[..changed_count] {
+        page.set_slot(*slot as usize, *content);
+        dirty |= 1 << slot;
+    }
     page.rehash(dirty);
-    let outcome = Subtree::of(&page);
+    let outcome = Subtree::of(page);
     // A page exists only while it is needed: a non-root page holds two or more leaves
     // (one leaf moves up into its parent's slot); the root page holds any non-empty tree.
     let keep = match outcome {
@@ -174,7 +185,7 @@ fn update_page<S: PageSource + ?Sized>(
         Subtree::Leaf { .. } => id == PageId::ROOT,
         Subtree::Internal { .. } => true,
     };
-    let new = keep.then(|| Arc::new(page));
+    let new = keep.then_some(new_page);
     if base.is_some() || new.is_some() {
         changes.push(PageChange { id, old: base, new });
     }
@@ -208,6 +219,28 @@ fn update_slot<S: PageSource + ?Sized>(
         Slot::Leaf { key, value_hash } => Some((key, value_hash)),
         Slot::Empty => None,
     };
+    // The common case, one key updated in the slot that holds it (or an empty slot),
+    // needs no merging.
+    if let [(key, value)] = updates {
+        match (existing, value) {
+            (None, None) => return Ok(Slot::Empty),
+            (None, Some(value_hash)) => {
+                return Ok(Slot::Leaf {
+                    key: *key,
+                    value_hash: *value_hash,
+                });
+            }
+            (Some((old_key, _)), Some(value_hash)) if old_key == *key => {
+                return Ok(Slot::Leaf {
+                    key: *key,
+                    value_hash: *value_hash,
+                });
+            }
+            (Some((old_key, _)), None) if old_key == *key => return Ok(Slot::Empty),
+            (Some(_), None) => return Ok(current),
+            (Some(_), Some(_)) => {}
+        }
+    }
     let merged = merge_leaf(existing, updates);
     match merged.as_slice() {
         [] => Ok(Slot::Empty),
