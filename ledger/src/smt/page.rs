@@ -219,11 +219,6 @@ impl PageId {
     }
 
     /// Storage key: depth, then the prefix bytes that carry bits.
-    pub fn to_db_key(&self) -> Vec<u8> {
-        self.db_key().as_ref().to_vec()
-    }
-
-    /// Storage key, without allocating.
     pub fn db_key(&self) -> PageDbKey {
         let used = self.depth().div_ceil(8);
         let mut bytes = [0u8; 33];
@@ -235,7 +230,7 @@ impl PageId {
         }
     }
 
-    /// Parses [`PageId::to_db_key`].
+    /// Parses [`PageId::db_key`].
     pub fn from_db_key(bytes: &[u8]) -> Result<PageId, LedgerError> {
         let corrupt = |detail: &str| LedgerError::Corrupt {
             what: format!("state page key {}: {detail}", hex::encode(bytes)),
@@ -522,7 +517,7 @@ mod tests {
         assert!(!PageId::ROOT.child(0x3).covers(&key));
         for depth in (0..=PAGE_DEPTH_MAX).step_by(PAGE_LEVELS) {
             let id = PageId::on_path(&key, depth);
-            assert_eq!(PageId::from_db_key(&id.to_db_key()).unwrap(), id);
+            assert_eq!(PageId::from_db_key(id.db_key().as_ref()).unwrap(), id);
         }
         assert!(PageId::from_db_key(&[3]).is_err());
         assert!(PageId::from_db_key(&[4, 0xff]).is_err());

@@ -84,9 +84,4 @@ impl SparseMerkleProof {
             Err(ProofError::RootMismatch)
         }
     }
-
-    /// Whether this proof claims the key is present (it still has to verify).
-    pub fn claims_inclusion_of(&self, key: &Hash) -> bool {
-        self.leaf.is_some_and(|l| l.key == *key)
-    }
 }
