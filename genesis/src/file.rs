@@ -16,56 +16,6 @@ use stele_ledger::{ChainParams, Genesis, GenesisAccount, GenesisPeer, GenesisVal
 
 use crate::error::GenesisError;
 
-/// Consensus parameters as written in the file; every field has a default.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ParamsFile {
-    /// Most transactions per block.
-    pub max_block_txs: u32,
-    /// Largest encoded block, bytes.
-    pub max_block_bytes: u32,
-    /// Largest encoded transaction, bytes.
-    pub max_tx_bytes: u32,
-    /// First view timeout of a height, milliseconds.
-    pub view_timeout_base_ms: u64,
-    /// Cap of the doubling view timeout, milliseconds.
-    pub view_timeout_max_ms: u64,
-    /// Heights between a validator-change transaction and its effect.
-    pub validator_change_delay: u64,
-}
-
-impl Default for ParamsFile {
-    fn default() -> Self {
-        ParamsFile::from(&ChainParams::default())
-    }
-}
-
-impl From<&ChainParams> for ParamsFile {
-    fn from(p: &ChainParams) -> Self {
-        ParamsFile {
-            max_block_txs: p.max_block_txs,
-            max_block_bytes: p.max_block_bytes,
-            max_tx_bytes: p.max_tx_bytes,
-            view_timeout_base_ms: p.view_timeout_base_ms,
-            view_timeout_max_ms: p.view_timeout_max_ms,
-            validator_change_delay: p.validator_change_delay,
-        }
-    }
-}
-
-impl From<&ParamsFile> for ChainParams {
-    fn from(p: &ParamsFile) -> Self {
-        ChainParams {
-            max_block_txs: p.max_block_txs,
-            max_block_bytes: p.max_block_bytes,
-            max_tx_bytes: p.max_tx_bytes,
-            view_timeout_base_ms: p.view_timeout_base_ms,
-            view_timeout_max_ms: p.view_timeout_max_ms,
-            validator_change_delay: p.validator_change_delay,
-        }
-    }
-}
-
 /// A validator entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,7 +67,7 @@ pub struct GenesisFile {
     pub genesis_time_ms: u64,
     /// Consensus parameters.
     #[serde(default)]
-    pub params: ParamsFile,
+    pub params: ChainParams,
     /// The first validator set.
     pub validators: Vec<ValidatorEntry>,
     /// Accounts existing from the start.
@@ -200,7 +150,7 @@ impl GenesisFile {
     pub fn validate(&self) -> Result<Genesis, Vec<GenesisProblem>> {
         let mut problems = Problems::default();
         check_chain_id(&self.chain_id, &mut problems);
-        let params = ChainParams::from(&self.params);
+        let params = self.params.clone();
         if let Err((field, problem)) = params.check() {
             problems.add(format!("params.{field}"), problem);
         }
@@ -389,7 +339,7 @@ impl GenesisFile {
         GenesisFile {
             chain_id: genesis.chain_id.clone(),
             genesis_time_ms: genesis.genesis_time_ms,
-            params: ParamsFile::from(&genesis.params),
+            params: genesis.params.clone(),
             validators: genesis
                 .validators
                 .iter()

@@ -5,6 +5,7 @@
 //! chain and is the parent hash of block 1.
 
 use borsh::{BorshDeserialize, BorshSerialize};
+use serde::{Deserialize, Serialize};
 use stele_consensus::{Hash, Hasher, PublicKey, SigningDomain, Validator, ValidatorSet};
 
 use crate::error::LedgerError;
@@ -13,8 +14,10 @@ use crate::state::{
 };
 use crate::tx::{Role, TX_BYTES_LIMIT};
 
-/// Consensus parameters fixed by the genesis.
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+/// Consensus parameters fixed by the genesis. In `genesis.json` every field may be
+/// left out to take its default.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ChainParams {
     /// Most transactions in one block.
     pub max_block_txs: u32,

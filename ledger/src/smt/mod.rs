@@ -62,6 +62,17 @@ pub struct TreeUpdate {
     pub pages: Vec<PageChange>,
 }
 
+/// The page `id`, which a slot of its parent references: its absence means the store
+/// is corrupt.
+pub fn child_page<S: PageSource + ?Sized>(
+    source: &S,
+    id: &PageId,
+) -> Result<SharedPage, LedgerError> {
+    source.page(id)?.ok_or_else(|| LedgerError::Corrupt {
+        what: format!("state page {id:?} is referenced but missing"),
+    })
+}
+
 /// The root hash stored in `source`.
 pub fn root_hash<S: PageSource + ?Sized>(source: &S) -> Result<Hash, LedgerError> {
     Ok(source
@@ -203,11 +214,7 @@ fn update_slot<S: PageSource + ?Sized>(
     let existing = match current {
         Slot::Child { .. } => {
             let child_id = id.child(slot);
-            let child = source
-                .page(&child_id)?
-                .ok_or_else(|| LedgerError::Corrupt {
-                    what: format!("state page {child_id:?} is referenced but missing"),
-                })?;
+            let child = child_page(source, &child_id)?;
             return Ok(
                 match update_page(source, child_id, Some(child), updates, changes)? {
                     Subtree::Empty => Slot::Empty,
@@ -338,9 +345,7 @@ pub fn prove<S: PageSource + ?Sized>(
             }
         }
         id = id.child(node - SLOTS);
-        page = source.page(&id)?.ok_or_else(|| LedgerError::Corrupt {
-            what: format!("state page {id:?} is referenced but missing"),
-        })?;
+        page = child_page(source, &id)?;
     }
 }
 

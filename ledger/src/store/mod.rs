@@ -873,12 +873,7 @@ fn count_reachable_pages<S: PageSource>(source: &S) -> Result<usize, LedgerError
         for slot in 0..smt::page::SLOTS {
             if let smt::page::Slot::Child { .. } = page.slot(slot) {
                 let child_id = id.child(slot);
-                let child = source
-                    .page(&child_id)?
-                    .ok_or_else(|| LedgerError::Corrupt {
-                        what: format!("state page {child_id:?} is referenced but missing"),
-                    })?;
-                stack.push((child_id, child));
+                stack.push((child_id, smt::child_page(source, &child_id)?));
             }
         }
     }
