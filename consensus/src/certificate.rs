@@ -219,67 +219,69 @@ impl CommitCertificate {
                 got: self.block_hash,
             });
         }
-        if self.signatures.len() > set.len() {
-            return Err(CertificateError::TooManySignatures {
-                count: self.signatures.len(),
-                max: set.len(),
-            });
-        }
-        let mut seen = vec![false; set.len()];
-        let mut indices = Vec::with_capacity(self.signatures.len());
-        let mut power: u64 = 0;
-        for sig in &self.signatures {
-            let index = set
-                .index_of(&sig.validator)
-                .ok_or(CertificateError::UnknownSigner {
-                    validator: sig.validator,
-                })?;
-            if std::mem::replace(&mut seen[index as usize], true) {
-                return Err(CertificateError::DuplicateSigner {
-                    validator: sig.validator,
-                });
-            }
-            // Members are distinct and the total is bounded, so this cannot overflow.
-            power += set.get(index).map_or(0, |v| v.power);
-            indices.push(index);
-        }
-        if !set.is_quorum(power) {
-            return Err(CertificateError::InsufficientPower {
-                got: power,
-                needed: set.quorum_power(),
-            });
-        }
-        self.verify_signatures(domain, set, &indices)
+        verify_quorum(domain, set, &self.vote(), &self.signatures)
     }
+}
 
-    fn verify_signatures(
-        &self,
-        domain: &SigningDomain,
-        set: &ValidatorSet,
-        indices: &[u32],
-    ) -> Result<(), CertificateError> {
-        let signed_bytes = self.vote().signing_bytes(domain);
-        let entries: Vec<BatchEntry<'_>> = self
-            .signatures
-            .iter()
-            .zip(indices)
-            .map(|(sig, index)| BatchEntry {
-                key: set
-                    .verification_key(*index)
-                    .expect("indices come from index_of on this set"),
-                signed_bytes: &signed_bytes,
-                signature: &sig.signature,
-            })
-            .collect();
-        if crate::crypto::verify_batch(&entries).is_ok() {
-            return Ok(());
-        }
-        let results = crate::crypto::verify_each(&entries);
-        let bad = results.iter().position(|ok| !ok).unwrap_or(0);
-        Err(CertificateError::BadSignature {
-            validator: self.signatures[bad].validator,
-        })
+/// Checks that `signatures` are valid signatures of `vote` by distinct members of `set`
+/// holding a quorum of its power. Structural problems are reported before any
+/// signature is checked, so a malformed certificate costs no curve arithmetic.
+pub(crate) fn verify_quorum(
+    domain: &SigningDomain,
+    set: &ValidatorSet,
+    vote: &Vote,
+    signatures: &[CommitSignature],
+) -> Result<(), CertificateError> {
+    if signatures.len() > set.len() {
+        return Err(CertificateError::TooManySignatures {
+            count: signatures.len(),
+            max: set.len(),
+        });
     }
+    let mut seen = vec![false; set.len()];
+    let mut indices = Vec::with_capacity(signatures.len());
+    let mut power: u64 = 0;
+    for sig in signatures {
+        let index = set
+            .index_of(&sig.validator)
+            .ok_or(CertificateError::UnknownSigner {
+                validator: sig.validator,
+            })?;
+        if std::mem::replace(&mut seen[index as usize], true) {
+            return Err(CertificateError::DuplicateSigner {
+                validator: sig.validator,
+            });
+        }
+        // Members are distinct and the total is bounded, so this cannot overflow.
+        power += set.get(index).map_or(0, |v| v.power);
+        indices.push(index);
+    }
+    if !set.is_quorum(power) {
+        return Err(CertificateError::InsufficientPower {
+            got: power,
+            needed: set.quorum_power(),
+        });
+    }
+    let signed_bytes = vote.signing_bytes(domain);
+    let entries: Vec<BatchEntry<'_>> = signatures
+        .iter()
+        .zip(&indices)
+        .map(|(sig, index)| BatchEntry {
+            key: set
+                .verification_key(*index)
+                .expect("indices come from index_of on this set"),
+            signed_bytes: &signed_bytes,
+            signature: &sig.signature,
+        })
+        .collect();
+    if crate::crypto::verify_batch(&entries).is_ok() {
+        return Ok(());
+    }
+    let results = crate::crypto::verify_each(&entries);
+    let bad = results.iter().position(|ok| !ok).unwrap_or(0);
+    Err(CertificateError::BadSignature {
+        validator: signatures[bad].validator,
+    })
 }
 
 #[cfg(test)]

@@ -14,15 +14,20 @@
 //! - [`Vote`] and [`CommitCertificate`]: a quorum of commit votes deciding one block, and
 //!   its verification against a validator set.
 //!
-//! The PBFT engine itself (pre-prepare, prepare, commit, view change) builds on these.
+//! - [`Engine`]: the PBFT engine (pre-prepare, prepare, commit, view change, new view)
+//!   as a pure state machine, `handle(Input) -> Vec<Effect>`, with its signing guarded
+//!   by [`SafetyRules`]. See the `engine` module documentation for the protocol.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod certificate;
 mod crypto;
+mod engine;
 mod error;
 mod hash;
+mod messages;
+mod safety;
 mod validator;
 
 pub use certificate::{CommitCertificate, CommitSignature, SignedVote, Vote, VoteKind};
@@ -30,6 +35,12 @@ pub use crypto::{
     BatchEntry, CHAIN_ID_LEN_MAX, MessageKind, PUBLIC_KEY_LEN, PublicKey, SIGNATURE_LEN, Signature,
     SigningDomain, SigningKey, VerificationKey, verify_batch, verify_each, verify_each_strict,
 };
+pub use engine::{Effect, Engine, EngineConfig, Evidence, Input};
 pub use error::{CertificateError, CryptoError, DecodeError, ValidatorSetError};
 pub use hash::{HASH_LEN, Hash, Hasher};
+pub use messages::{
+    ConsensusMessage, MessageDecodeError, NewView, PreparedCertificate, SignedPrePrepare,
+    SignedViewChange, ViewChangeBody,
+};
+pub use safety::{SafetyRules, SafetyState, SafetyViolation};
 pub use validator::{TOTAL_POWER_MAX, VALIDATORS_MAX, Validator, ValidatorSet};
