@@ -18,8 +18,12 @@
 //! 5. **View change.** When the view's timer fires first, the replica signs a view
 //!    change for `v + 1` carrying its highest prepared certificate, and stops taking
 //!    part in `v`. Timers double with each view, up to a cap, and restart from the base
-//!    at each height. A replica that sees view changes from more than a third of the
-//!    power for higher views joins the lowest of them.
+//!    at each height. As in PBFT, the timer of the new view only counts once the view
+//!    is under way (a quorum asked for it, or its new-view arrived); until then a
+//!    timeout resends the replica's view change (messages get lost), or moves it up one
+//!    view if others already ask for higher views, so replicas never drift apart. A
+//!    replica that sees view changes from more than a third of the power for higher
+//!    views joins the lowest of them.
 //! 6. **New view.** The leader of `v + 1`, holding view changes from a quorum, proposes
 //!    in a [`NewView`] that carries them. It must re-propose the block of the highest
 //!    prepared certificate among them, if any; every replica checks that before taking
@@ -342,6 +346,9 @@ pub struct Engine {
     awaiting_proposal: Option<u64>,
     future: FutureBuffer,
     evidence_sent: HashSet<(PublicKey, u64, u8)>,
+    /// Validators whose stale view change got the previous certificate since this
+    /// engine's last timeout.
+    stale_answered: HashSet<u32>,
     /// The round of the live timer; timeouts of other rounds are stale.
     timer_round: u64,
     /// Last (height, view) a sync was asked for.
@@ -370,6 +377,7 @@ impl Engine {
             awaiting_proposal: None,
             future: FutureBuffer::default(),
             evidence_sent: HashSet::new(),
+            stale_answered: HashSet::new(),
             timer_round: 0,
             sync_requested: (0, 0),
             previous_certificate: None,
@@ -532,6 +540,7 @@ impl Engine {
         self.led_views.clear();
         self.awaiting_proposal = None;
         self.evidence_sent.clear();
+        self.stale_answered.clear();
         let mut resumed_view_change = None;
         if let Some(rules) = self.rules.as_mut() {
             // Below the persisted height the rules refuse to sign: the engine then only
@@ -594,13 +603,10 @@ impl Engine {
         }
         let height = message.height();
         if height < self.height {
-            // A validator still timing out at the previous height missed its decision:
-            // tell it (each of its view changes gets one answer).
             if height + 1 == self.height
-                && matches!(message, ConsensusMessage::ViewChange { .. })
-                && let Some(certificate) = self.previous_certificate.clone()
+                && let ConsensusMessage::ViewChange { view_change, .. } = &message
             {
-                self.send(ConsensusMessage::Certificate(certificate), out);
+                self.answer_stale_view_change(view_change, out);
             }
             return;
         }
@@ -630,6 +636,31 @@ impl Engine {
 
     fn set(&self) -> &ValidatorSet {
         self.set.as_ref().expect("a height has started")
+    }
+
+    /// A validator still timing out at the previous height missed its decision: send it
+    /// the certificate. Only for view changes a member signed (checked against this
+    /// height's keys, which are the previous height's unless the set changed; then the
+    /// host's block sync catches the validator up instead), and at most once per validator between two of
+    /// this engine's own timeouts: a replayed or repeated view change cannot turn into a
+    /// flood of certificates, yet a validator whose answer was lost gets another one
+    /// after our next timeout, when it resends its view change.
+    fn answer_stale_view_change(&mut self, view_change: &SignedViewChange, out: &mut Vec<Effect>) {
+        let Some(certificate) = self.previous_certificate.clone() else {
+            return;
+        };
+        let Some(index) = self.index_of(&view_change.validator) else {
+            return;
+        };
+        if self.stale_answered.contains(&index)
+            || view_change
+                .verify_signature(&self.config.domain, self.set())
+                .is_err()
+        {
+            return;
+        }
+        self.stale_answered.insert(index);
+        self.send(ConsensusMessage::Certificate(certificate), out);
     }
 
     fn on_pre_prepare(
@@ -964,6 +995,7 @@ impl Engine {
         {
             return;
         }
+        self.stale_answered.clear();
         // Move on from a view under way; from one still gathering view changes, move
         // up only towards validators already asking for higher views. Nodes below the
         // highest thus climb to it while it waits, and they meet (with equal powers
@@ -1299,5 +1331,273 @@ impl Engine {
             return Err("the leader did not re-propose the highest prepared block".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certificate::Vote;
+    use crate::messages::ViewChangeBody;
+    use crate::validator::Validator;
+
+    fn keys() -> Vec<SigningKey> {
+        (0..4u8)
+            .map(|i| SigningKey::from_seed([i + 1; 32]))
+            .collect()
+    }
+
+    fn set(keys: &[SigningKey]) -> ValidatorSet {
+        ValidatorSet::new(
+            keys.iter()
+                .map(|k| Validator {
+                    key: k.public_key(),
+                    power: 1,
+                })
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn domain() -> SigningDomain {
+        SigningDomain::new("engine-test").unwrap()
+    }
+
+    fn started(key: &SigningKey, set: &ValidatorSet) -> (Engine, Vec<Effect>) {
+        let mut engine = Engine::new(
+            EngineConfig::new(domain()),
+            Some(key.clone()),
+            SafetyState::default(),
+        );
+        let effects = engine.handle(Input::StartHeight {
+            height: 1,
+            validators: set.clone(),
+            previous_certificate: None,
+        });
+        (engine, effects)
+    }
+
+    fn invalid_count(effects: &[Effect]) -> usize {
+        effects
+            .iter()
+            .filter(|e| matches!(e, Effect::InvalidMessage { .. }))
+            .count()
+    }
+
+    #[test]
+    fn leader_persists_before_it_broadcasts() {
+        let keys = keys();
+        let set = set(&keys);
+        let leader = keys
+            .iter()
+            .find(|k| k.public_key() == Engine::leader(&set, 1, 0))
+            .unwrap();
+        let (mut engine, effects) = started(leader, &set);
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::ProposeBlock { height: 1, view: 0 }))
+        );
+        let effects = engine.handle(Input::Proposal {
+            height: 1,
+            view: 0,
+            block_hash: Hash::digest(b"block"),
+            block: b"block".to_vec(),
+        });
+        let first_persist = effects
+            .iter()
+            .position(|e| matches!(e, Effect::PersistSafety(_)))
+            .expect("signing changes the safety state");
+        let first_broadcast = effects
+            .iter()
+            .position(|e| matches!(e, Effect::Broadcast(_)))
+            .expect("the proposal goes out");
+        assert!(first_persist < first_broadcast, "{effects:?}");
+        // Pre-prepare and prepare both went out, each after its persisted record.
+        let broadcasts = effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Broadcast(_)))
+            .count();
+        assert_eq!(broadcasts, 2);
+    }
+
+    #[test]
+    fn bad_input_is_refused_before_it_touches_state() {
+        let keys = keys();
+        let set = set(&keys);
+        let (mut engine, _) = started(&keys[0], &set);
+        let too_big = vec![0u8; engine.config.message_bytes_max + 1];
+        assert_eq!(invalid_count(&engine.handle(Input::Message(too_big))), 1);
+        assert_eq!(
+            invalid_count(&engine.handle(Input::Message(vec![0xff; 50]))),
+            1
+        );
+        // A correctly encoded vote by a key outside the set.
+        let outsider = SigningKey::from_seed([99; 32]);
+        let vote = Vote {
+            kind: VoteKind::Prepare,
+            height: 1,
+            view: 0,
+            block_hash: Hash::digest(b"x"),
+        }
+        .sign(&domain(), &outsider);
+        let effects = engine.handle(Input::Message(ConsensusMessage::Vote(vote).encode()));
+        assert_eq!(invalid_count(&effects), 1);
+        // A member's vote with a broken signature.
+        let mut forged = Vote {
+            kind: VoteKind::Prepare,
+            height: 1,
+            view: 0,
+            block_hash: Hash::digest(b"x"),
+        }
+        .sign(&domain(), &keys[1]);
+        forged.vote.block_hash = Hash::digest(b"y");
+        let effects = engine.handle(Input::Message(ConsensusMessage::Vote(forged).encode()));
+        assert_eq!(invalid_count(&effects), 1);
+        assert!(
+            engine
+                .views
+                .get(&0)
+                .is_some_and(|s| s.prepares.votes.is_empty())
+        );
+        assert_eq!(engine.view(), 0);
+    }
+
+    #[test]
+    fn conflicting_votes_are_evidence() {
+        let keys = keys();
+        let set = set(&keys);
+        let (mut engine, _) = started(&keys[0], &set);
+        let vote = |hash: &[u8]| Vote {
+            kind: VoteKind::Commit,
+            height: 1,
+            view: 0,
+            block_hash: Hash::digest(hash),
+        };
+        let first = vote(b"a").sign(&domain(), &keys[2]);
+        let second = vote(b"b").sign(&domain(), &keys[2]);
+        assert!(
+            engine
+                .handle(Input::Message(ConsensusMessage::Vote(first).encode()))
+                .is_empty()
+        );
+        // The same vote again is not evidence.
+        assert!(
+            engine
+                .handle(Input::Message(ConsensusMessage::Vote(first).encode()))
+                .is_empty()
+        );
+        let effects = engine.handle(Input::Message(ConsensusMessage::Vote(second).encode()));
+        let evidence: Vec<&Evidence> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Misbehaviour(evidence) => Some(evidence),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(evidence.len(), 1);
+        assert_eq!(evidence[0].validator(), keys[2].public_key());
+    }
+
+    #[test]
+    fn future_buffer_keeps_the_nearest() {
+        let keys = keys();
+        let mut buffer = FutureBuffer::default();
+        let vote_at = |height: u64| {
+            ConsensusMessage::Vote(
+                Vote {
+                    kind: VoteKind::Prepare,
+                    height,
+                    view: 0,
+                    block_hash: Hash::ZERO,
+                }
+                .sign(&domain(), &keys[0]),
+            )
+        };
+        for height in [5, 3, 9, 4] {
+            buffer.push(vote_at(height), 3);
+        }
+        // Full at 3: the farthest (9) made room for 4; a farther one is refused.
+        buffer.push(vote_at(12), 3);
+        assert_eq!(buffer.len, 3);
+        let kept: Vec<u64> = buffer.by_position.keys().map(|(h, _)| *h).collect();
+        assert_eq!(kept, vec![3, 4, 5]);
+        // Starting height 4 hands over its messages and drops those below it.
+        assert_eq!(buffer.take_height(4).len(), 1);
+        let kept: Vec<u64> = buffer.by_position.keys().map(|(h, _)| *h).collect();
+        assert_eq!(kept, vec![5]);
+        assert_eq!(buffer.len, 1);
+    }
+
+    #[test]
+    fn stale_view_changes_get_the_certificate_at_most_once_per_timeout() {
+        let keys = keys();
+        let set = set(&keys);
+        let decided = Hash::digest(b"block 1");
+        let votes: Vec<SignedVote> = keys[..3]
+            .iter()
+            .map(|k| {
+                Vote {
+                    kind: VoteKind::Commit,
+                    height: 1,
+                    view: 0,
+                    block_hash: decided,
+                }
+                .sign(&domain(), k)
+            })
+            .collect();
+        let certificate = CommitCertificate::from_votes(&votes).unwrap();
+        let mut engine = Engine::new(
+            EngineConfig::new(domain()),
+            Some(keys[0].clone()),
+            SafetyState::default(),
+        );
+        engine.handle(Input::StartHeight {
+            height: 2,
+            validators: set.clone(),
+            previous_certificate: Some(certificate.clone()),
+        });
+        let stale = |key: &SigningKey, new_view: u64| {
+            let view_change = SignedViewChange::sign(
+                &domain(),
+                key,
+                ViewChangeBody {
+                    height: 1,
+                    new_view,
+                    prepared: None,
+                },
+            );
+            Input::Message(
+                ConsensusMessage::ViewChange {
+                    view_change,
+                    block: None,
+                }
+                .encode(),
+            )
+        };
+        let certificates = |effects: &[Effect]| {
+            effects
+                .iter()
+                .filter(|e| {
+                    matches!(e, Effect::Broadcast(bytes)
+                        if matches!(ConsensusMessage::decode(bytes, usize::MAX),
+                            Ok(ConsensusMessage::Certificate(c)) if c == certificate))
+                })
+                .count()
+        };
+        assert_eq!(certificates(&engine.handle(stale(&keys[3], 1))), 1);
+        // Repeats, even for other views, wait for this engine's next timeout.
+        assert_eq!(certificates(&engine.handle(stale(&keys[3], 1))), 0);
+        assert_eq!(certificates(&engine.handle(stale(&keys[3], 2))), 0);
+        // Another validator gets its own answer; an outsider none.
+        assert_eq!(certificates(&engine.handle(stale(&keys[2], 1))), 1);
+        let outsider = SigningKey::from_seed([99; 32]);
+        assert_eq!(certificates(&engine.handle(stale(&outsider, 1))), 0);
+        engine.handle(Input::Timeout {
+            height: 2,
+            view: 0,
+            round: engine.timer_round,
+        });
+        assert_eq!(certificates(&engine.handle(stale(&keys[3], 1))), 1);
     }
 }

@@ -170,6 +170,26 @@ impl SignedViewChange {
         domain: &SigningDomain,
         set: &ValidatorSet,
     ) -> Result<(), CertificateError> {
+        self.verify_signature(domain, set)?;
+        if let Some(prepared) = &self.body.prepared {
+            if prepared.view >= self.body.new_view {
+                return Err(CertificateError::WrongHeight {
+                    expected: self.body.new_view,
+                    got: prepared.view,
+                });
+            }
+            prepared.verify(domain, set, self.body.height)?;
+        }
+        Ok(())
+    }
+
+    /// Checks only that a member of `set` signed this view change, not the prepared
+    /// certificate it carries (which needs the set of the view change's own height).
+    pub fn verify_signature(
+        &self,
+        domain: &SigningDomain,
+        set: &ValidatorSet,
+    ) -> Result<(), CertificateError> {
         let index = set
             .index_of(&self.validator)
             .ok_or(CertificateError::UnknownSigner {
@@ -181,17 +201,7 @@ impl SignedViewChange {
             .verify(domain, MessageKind::ViewChange, &payload, &self.signature)
             .map_err(|_| CertificateError::BadSignature {
                 validator: self.validator,
-            })?;
-        if let Some(prepared) = &self.body.prepared {
-            if prepared.view >= self.body.new_view {
-                return Err(CertificateError::WrongHeight {
-                    expected: self.body.new_view,
-                    got: prepared.view,
-                });
-            }
-            prepared.verify(domain, set, self.body.height)?;
-        }
-        Ok(())
+            })
     }
 }
 
