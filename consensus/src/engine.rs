@@ -638,6 +638,17 @@ impl Engine {
         self.set.as_ref().expect("a height has started")
     }
 
+    /// The safety rules, when this engine's key is in the current height's set: a
+    /// node whose key is not (an observer, or a validator added or removed by a
+    /// transaction at another height) follows the height without signing anything.
+    fn signing_rules(&mut self) -> Option<&mut SafetyRules> {
+        let member = match (&self.rules, &self.set) {
+            (Some(rules), Some(set)) => set.contains(&rules.public_key()),
+            _ => false,
+        };
+        if member { self.rules.as_mut() } else { None }
+    }
+
     /// A validator still timing out at the previous height missed its decision: send it
     /// the certificate. Only for view changes a member signed (checked against this
     /// height's keys, which are the previous height's unless the set changed; then the
@@ -791,10 +802,11 @@ impl Engine {
         {
             return;
         }
-        let Some(rules) = self.rules.as_mut() else {
+        let height = self.height;
+        let Some(rules) = self.signing_rules() else {
             return;
         };
-        let Ok(vote) = rules.sign_prepare(self.height, view, pre_prepare.block_hash) else {
+        let Ok(vote) = rules.sign_prepare(height, view, pre_prepare.block_hash) else {
             return;
         };
         self.views.get_mut(&view).expect("read above").sent_prepare = true;
@@ -879,7 +891,7 @@ impl Engine {
         let Some(block) = self.blocks.get(&hash).cloned() else {
             return;
         };
-        let Some(rules) = self.rules.as_mut() else {
+        let Some(rules) = self.signing_rules() else {
             return;
         };
         let Ok(vote) = rules.sign_commit(certificate, block) else {
@@ -1023,7 +1035,7 @@ impl Engine {
     /// Signs a view change to `target` and moves there.
     fn start_view_change(&mut self, target: u64, out: &mut Vec<Effect>) {
         let height = self.height;
-        let Some(rules) = self.rules.as_mut() else {
+        let Some(rules) = self.signing_rules() else {
             return;
         };
         let Ok(view_change) = rules.sign_view_change(height, target) else {
@@ -1180,7 +1192,7 @@ impl Engine {
         out: &mut Vec<Effect>,
     ) {
         let height = self.height;
-        let Some(rules) = self.rules.as_mut() else {
+        let Some(rules) = self.signing_rules() else {
             return;
         };
         let Ok(pre_prepare) = rules.sign_pre_prepare(height, view, hash) else {
@@ -1222,7 +1234,7 @@ impl Engine {
         self.blocks.insert(hash, block.clone());
         self.validity.insert(hash, Validity::Valid);
         if view == 0 {
-            let Some(rules) = self.rules.as_mut() else {
+            let Some(rules) = self.signing_rules() else {
                 return;
             };
             let Ok(pre_prepare) = rules.sign_pre_prepare(height, 0, hash) else {
@@ -1599,5 +1611,30 @@ mod tests {
             round: engine.timer_round,
         });
         assert_eq!(certificates(&engine.handle(stale(&keys[3], 1))), 1);
+    }
+
+    #[test]
+    fn a_key_outside_the_set_signs_nothing() {
+        let keys = keys();
+        let set = set(&keys);
+        let broadcasts = |key: &SigningKey| {
+            let (mut engine, mut effects) = started(key, &set);
+            effects.extend(engine.handle(Input::Timeout {
+                height: 1,
+                view: 0,
+                round: engine.timer_round,
+            }));
+            effects
+                .iter()
+                .filter(|e| matches!(e, Effect::Broadcast(_)))
+                .count()
+        };
+        // A member that is not the leader signs a view change on timeout.
+        let member = keys
+            .iter()
+            .find(|k| k.public_key() != Engine::leader(&set, 1, 0))
+            .unwrap();
+        assert!(broadcasts(member) > 0);
+        assert_eq!(broadcasts(&SigningKey::from_seed([42; 32])), 0);
     }
 }

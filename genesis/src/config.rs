@@ -29,6 +29,9 @@ pub struct NodeConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// Transaction pool.
+    #[serde(default)]
+    pub mempool: MempoolSection,
 }
 
 /// `[node]`
@@ -54,6 +57,19 @@ pub struct P2pSection {
     /// Most simultaneous peer connections.
     #[serde(default = "default_max_peers")]
     pub max_peers: u32,
+    /// Other peers to dial (`host:port` and hex key), besides the genesis validators.
+    #[serde(default)]
+    pub peers: Vec<PeerAddress>,
+}
+
+/// A peer to dial.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAddress {
+    /// `ip:port`.
+    pub address: SocketAddr,
+    /// Its public key, hex.
+    pub key: String,
 }
 
 /// `[api]`
@@ -62,6 +78,70 @@ pub struct P2pSection {
 pub struct ApiSection {
     /// Address of the HTTP API.
     pub listen: SocketAddr,
+    /// Largest request body, bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Requests per second allowed from one client address (a token bucket).
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit_per_sec: u32,
+    /// Burst allowed above the rate.
+    #[serde(default = "default_rate_burst")]
+    pub rate_limit_burst: u32,
+    /// A block-stream consumer further than this many heights behind the tip is
+    /// disconnected (with the height to resume from).
+    #[serde(default = "default_stream_max_lag")]
+    pub stream_max_lag: u64,
+}
+
+impl ApiSection {
+    /// Defaults for an API on `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        ApiSection {
+            listen,
+            max_body_bytes: default_max_body_bytes(),
+            rate_limit_per_sec: default_rate_limit(),
+            rate_limit_burst: default_rate_burst(),
+            stream_max_lag: default_stream_max_lag(),
+        }
+    }
+}
+
+fn default_max_body_bytes() -> usize {
+    16 * 1024 * 1024
+}
+
+fn default_rate_limit() -> u32 {
+    2_000
+}
+
+fn default_rate_burst() -> u32 {
+    4_000
+}
+
+fn default_stream_max_lag() -> u64 {
+    10_000
+}
+
+/// `[mempool]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MempoolSection {
+    /// Most transactions waiting.
+    pub max_txs: usize,
+    /// Most bytes waiting.
+    pub max_bytes: usize,
+    /// Furthest a transaction's nonce may be ahead of its account's next nonce.
+    pub max_nonce_gap: u64,
+}
+
+impl Default for MempoolSection {
+    fn default() -> Self {
+        MempoolSection {
+            max_txs: 200_000,
+            max_bytes: 128 * 1024 * 1024,
+            max_nonce_gap: 10_000,
+        }
+    }
 }
 
 /// `[storage]`
@@ -172,6 +252,29 @@ impl NodeConfig {
         if self.storage.state_versions_kept == 0 {
             return Err("storage.state_versions_kept: must be at least 1".into());
         }
+        if self.api.max_body_bytes < 1024 {
+            return Err("api.max_body_bytes: must be at least 1024".into());
+        }
+        if self.api.rate_limit_per_sec == 0 {
+            return Err("api.rate_limit_per_sec: must be at least 1".into());
+        }
+        if self.api.rate_limit_burst < self.api.rate_limit_per_sec {
+            return Err("api.rate_limit_burst: must be at least api.rate_limit_per_sec".into());
+        }
+        if self.api.stream_max_lag == 0 {
+            return Err("api.stream_max_lag: must be at least 1".into());
+        }
+        if self.mempool.max_txs == 0 {
+            return Err("mempool.max_txs: must be at least 1".into());
+        }
+        if self.mempool.max_bytes < 64 * 1024 {
+            return Err("mempool.max_bytes: must be at least 65536".into());
+        }
+        for (i, peer) in self.p2p.peers.iter().enumerate() {
+            if stele_consensus::PublicKey::from_hex(&peer.key).is_err() {
+                return Err(format!("p2p.peers[{i}].key: not a hex public key"));
+            }
+        }
         if self.p2p.listen == self.api.listen {
             return Err("api.listen: must differ from p2p.listen".into());
         }
@@ -202,13 +305,13 @@ mod tests {
             p2p: P2pSection {
                 listen: "127.0.0.1:27000".parse().unwrap(),
                 max_peers: 50,
+                peers: vec![],
             },
-            api: ApiSection {
-                listen: "127.0.0.1:27001".parse().unwrap(),
-            },
+            api: ApiSection::new("127.0.0.1:27001".parse().unwrap()),
             storage: StorageSection::default(),
             consensus: ConsensusSection::default(),
             log: LogSection::default(),
+            mempool: MempoolSection::default(),
         }
     }
 

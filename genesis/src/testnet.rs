@@ -19,7 +19,8 @@ use stele_consensus::{PublicKey, VALIDATORS_MAX};
 use stele_ledger::{ChainParams, Genesis, GenesisAccount, GenesisValidator, Role};
 
 use crate::config::{
-    ApiSection, ConsensusSection, LogSection, NodeConfig, NodeSection, P2pSection, StorageSection,
+    ApiSection, ConsensusSection, LogSection, MempoolSection, NodeConfig, NodeSection, P2pSection,
+    StorageSection,
 };
 use crate::error::GenesisError;
 use crate::file::GenesisFile;
@@ -255,10 +256,12 @@ fn node_config(node: &TestnetNode) -> NodeConfig {
         p2p: P2pSection {
             listen: node.p2p,
             max_peers: 50,
+            peers: vec![],
         },
-        api: ApiSection { listen: node.api },
+        api: ApiSection::new(node.api),
         storage: StorageSection::default(),
         consensus: ConsensusSection::default(),
         log: LogSection::default(),
+        mempool: MempoolSection::default(),
     }
 }

@@ -1,0 +1,203 @@
+//! `stele-node localnet`: a local testnet whose validators run as separate processes.
+//!
+//! Creates the testnet in DIR on first use (as `stele-genesis testnet` does) and reuses
+//! it afterwards, so the chain continues where it stopped. Each validator's output goes
+//! to `DIR/node<i>/node.log`. Prints the API URLs, then a line per block committed (as
+//! seen by the first validator that answers), and on Ctrl-C (or SIGTERM) stops every
+//! validator with SIGTERM, waiting for them to finish cleanly.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use stele_genesis::{NodeConfig, TestnetOptions, generate_testnet};
+use tokio::process::{Child, Command};
+
+struct Validator {
+    name: String,
+    api: String,
+    child: Child,
+}
+
+/// The homes `node0`, `node1`, ... in `dir`.
+fn homes(dir: &Path) -> Vec<PathBuf> {
+    (0..)
+        .map(|i| dir.join(format!("node{i}")))
+        .take_while(|home| home.join("config.toml").exists())
+        .collect()
+}
+
+/// Runs the local network until Ctrl-C.
+pub async fn run(validators: usize, dir: PathBuf) -> anyhow::Result<()> {
+    if dir.join("genesis.json").exists() {
+        let found = homes(&dir).len();
+        if found != validators {
+            anyhow::bail!(
+                "{} holds a testnet of {found} validators, not {validators}: pass --validators {found}, or another --dir",
+                dir.display()
+            );
+        }
+        println!("reusing the testnet in {}", dir.display());
+    } else {
+        let options = TestnetOptions {
+            validators,
+            ..TestnetOptions::default()
+        };
+        generate_testnet(&dir, &options)?;
+        println!(
+            "created a testnet of {validators} validators in {}",
+            dir.display()
+        );
+    }
+    let exe = std::env::current_exe().context("locating the stele-node binary")?;
+    let mut running = Vec::new();
+    for home in homes(&dir) {
+        let config = NodeConfig::load(&home.join("config.toml"))?;
+        let log_path = home.join("node.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let child = Command::new(&exe)
+            .arg("start")
+            .arg("--home")
+            .arg(&home)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // The terminal's Ctrl-C reaches us; we stop the validators ourselves, in
+            // order, instead of all at once through the process group.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", home.display()))?;
+        let api = format!("http://{}", config.api.listen);
+        println!(
+            "{}: API {api}  p2p {}  log {}",
+            config.node.name,
+            config.p2p.listen,
+            log_path.display()
+        );
+        running.push(Validator {
+            name: config.node.name,
+            api,
+            child,
+        });
+    }
+    println!("press Ctrl-C to stop");
+    let apis: Vec<String> = running.iter().map(|v| v.api.clone()).collect();
+    let watcher = tokio::spawn(print_blocks(apis));
+    let reason = tokio::select! {
+        name = signal() => format!("{name} received"),
+        exited = first_exit(&mut running) => exited,
+    };
+    watcher.abort();
+    println!("{reason}: stopping the validators");
+    stop_all(&mut running).await;
+    Ok(())
+}
+
+async fn signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Resolves when a validator exits by itself.
+async fn first_exit(running: &mut [Validator]) -> String {
+    loop {
+        for v in running.iter_mut() {
+            if let Ok(Some(status)) = v.child.try_wait() {
+                return format!("{} exited ({status}); see its node.log", v.name);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn stop_all(running: &mut [Validator]) {
+    for v in running.iter() {
+        if let Some(pid) = v.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    for v in running.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(10), v.child.wait()).await {
+            Ok(Ok(status)) => println!("{} stopped ({status})", v.name),
+            _ => {
+                let _ = v.child.kill().await;
+                println!("{} did not stop within 10s: killed", v.name);
+            }
+        }
+    }
+}
+
+/// Follows the block stream of the first validator that answers, printing a line per
+/// block, and moves to another when it stops answering.
+async fn print_blocks(apis: Vec<String>) {
+    let client = reqwest::Client::new();
+    let mut next: Option<u64> = None;
+    let mut which = 0;
+    loop {
+        let api = &apis[which % apis.len()];
+        which += 1;
+        let from = match next {
+            Some(h) => h,
+            None => match current_height(&client, api).await {
+                Some(h) => h + 1,
+                None => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
+        let url = format!("{api}/v1/blocks?from={from}");
+        let Ok(mut response) = client.get(&url).send().await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let mut buffer = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let Ok(block) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if let Some(height) = block["height"].as_u64() {
+                    println!(
+                        "block {height:>6}  txs {:>5}  hash {}  (from {api})",
+                        block["txs"].as_u64().unwrap_or(0),
+                        &block["hash"].as_str().unwrap_or("?")
+                            [..16.min(block["hash"].as_str().unwrap_or("?").len())],
+                    );
+                    next = Some(height + 1);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn current_height(client: &reqwest::Client, api: &str) -> Option<u64> {
+    let status: serde_json::Value = client
+        .get(format!("{api}/v1/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    status["height"].as_u64()
+}

@@ -1,0 +1,660 @@
+//! Peer-to-peer networking over libp2p: TCP, Noise and Yamux.
+//!
+//! - **Admission.** Only peers whose keys the genesis lists (validators and allowed
+//!   peers), plus validators added later by transaction, may connect: libp2p's allow
+//!   list closes any other connection right after the Noise handshake proves the
+//!   remote's key. A peer that served bad blocks is blocked for a while.
+//! - **Transactions** travel by gossipsub, in batches, so they also reach peers we are
+//!   not directly connected to.
+//! - **Consensus messages** travel by direct request-response streams to each connected
+//!   peer, not by gossipsub. Validators of a permissioned chain are all connected to
+//!   each other, so gossip's relaying adds nothing but extra copies: with gossipsub a
+//!   multi-megabyte proposal would reach each validator once from the leader and again
+//!   from every other mesh member, and its duplicate filter would swallow the engine's
+//!   deliberate resends (of a view change after a loss). A direct stream sends each
+//!   message exactly once per peer, and a resend really goes out again.
+//! - **Block sync** is a request-response protocol: a peer's tip, or a run of blocks
+//!   with their certificates.
+//! - **Limits**: connections in total and per peer, a maximum size for every message
+//!   (checked before reading it), and redialing of the genesis validators with
+//!   exponential backoff.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub,
+    identity, noise, request_response, tcp, yamux,
+};
+use stele_consensus::{CommitCertificate, Hash, PublicKey, SigningKey};
+use stele_ledger::{Block, Store};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::codec::BorshCodec;
+use crate::metrics::Metrics;
+
+/// Most blocks served in one sync response.
+pub const SYNC_BLOCKS_MAX: u32 = 64;
+/// Most bytes of blocks served in one sync response (at least one block is sent).
+const SYNC_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// How long a peer that served bad data stays blocked.
+const BAN_DURATION: Duration = Duration::from_secs(60);
+const REDIAL_MIN: Duration = Duration::from_millis(250);
+const REDIAL_MAX: Duration = Duration::from_secs(30);
+
+/// A block-sync request.
+#[derive(Clone, Debug, BorshSerialize, BorshDeserialize)]
+pub enum SyncRequest {
+    /// The peer's committed tip.
+    Status,
+    /// Committed blocks from `from`, at most `max`.
+    Blocks {
+        /// First height.
+        from: u64,
+        /// Most blocks wanted.
+        max: u32,
+    },
+}
+
+/// A block-sync response.
+#[derive(Clone, Debug, BorshSerialize, BorshDeserialize)]
+pub enum SyncResponse {
+    /// The peer's committed tip.
+    Status {
+        /// Its height.
+        height: u64,
+        /// Its block hash.
+        block_hash: Hash,
+    },
+    /// Blocks with their certificates, consecutive from the height asked for.
+    Blocks(Vec<(Block, CommitCertificate)>),
+    /// The peer could not answer.
+    Error(String),
+}
+
+/// A consensus message on its way to one peer.
+#[derive(Clone, Debug, BorshSerialize, BorshDeserialize)]
+pub struct ConsensusEnvelope(pub Vec<u8>);
+
+/// What the node asks of the network task.
+#[derive(Debug)]
+pub enum NetCommand {
+    /// Send an encoded consensus message to every connected peer.
+    Broadcast(Vec<u8>),
+    /// Gossip a batch of encoded transactions.
+    GossipTxs(Vec<Vec<u8>>),
+    /// Ask `peer` for sync data; the answer comes back as [`NetEvent::Sync`].
+    Sync {
+        /// The peer.
+        peer: PeerId,
+        /// The request.
+        request: SyncRequest,
+    },
+    /// Ask every connected peer for its tip.
+    PollStatus,
+    /// Disconnect `peer` and refuse it for a while.
+    Ban {
+        /// The peer.
+        peer: PeerId,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// Admit these keys too (validators added by transaction).
+    Allow(Vec<PublicKey>),
+}
+
+/// What the network task reports to the consensus driver.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A consensus message from `peer`.
+    Consensus {
+        /// Sender.
+        peer: PeerId,
+        /// Encoded message.
+        bytes: Vec<u8>,
+    },
+    /// An answer to [`NetCommand::Sync`] or [`NetCommand::PollStatus`].
+    Sync {
+        /// The peer.
+        peer: PeerId,
+        /// The answer, or why there is none.
+        response: Result<SyncResponse, String>,
+    },
+    /// A peer connected.
+    Connected(PeerId),
+}
+
+/// A connected peer, for the status page.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeerInfo {
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Its key, hex.
+    pub key: Option<String>,
+    /// Its name in the genesis, if listed.
+    pub name: Option<String>,
+    /// Remote address.
+    pub address: String,
+}
+
+/// Settings of the network task.
+pub struct NetworkConfig {
+    /// Our key (the libp2p identity is derived from it).
+    pub key: SigningKey,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Most connections.
+    pub max_peers: u32,
+    /// Keys allowed to connect, with a name.
+    pub allowed: Vec<(PublicKey, String)>,
+    /// Peers to keep dialing.
+    pub dial: Vec<(PublicKey, SocketAddr)>,
+    /// Topic prefix (the genesis hash), so two chains never share a topic.
+    pub genesis_hash: Hash,
+    /// Largest consensus message.
+    pub max_consensus_bytes: usize,
+    /// Largest transaction batch.
+    pub max_gossip_bytes: usize,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    allowed: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
+    gossip: gossipsub::Behaviour,
+    consensus: request_response::Behaviour<BorshCodec<ConsensusEnvelope, ()>>,
+    sync: request_response::Behaviour<BorshCodec<SyncRequest, SyncResponse>>,
+}
+
+/// The libp2p peer id of a Stele key.
+pub fn peer_id(key: &PublicKey) -> Result<PeerId, String> {
+    let public = identity::ed25519::PublicKey::try_from_bytes(key.as_bytes())
+        .map_err(|e| format!("key {key} is not usable for libp2p: {e}"))?;
+    Ok(identity::PublicKey::from(public).to_peer_id())
+}
+
+fn multiaddr(address: SocketAddr) -> Multiaddr {
+    Multiaddr::from(address.ip()).with(Protocol::Tcp(address.port()))
+}
+
+struct DialTarget {
+    peer: PeerId,
+    address: Multiaddr,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+/// Handle to the running network task.
+pub struct Network {
+    /// Commands in.
+    pub commands: mpsc::Sender<NetCommand>,
+    /// Connected peers.
+    pub peers: watch::Receiver<Vec<PeerInfo>>,
+    /// Our peer id.
+    pub local_peer_id: PeerId,
+}
+
+/// Starts the network task. Consensus messages and sync answers go to `events`;
+/// transaction batches to `txs`.
+pub fn spawn(
+    config: NetworkConfig,
+    store: Arc<Store>,
+    events: mpsc::Sender<NetEvent>,
+    txs: mpsc::Sender<Vec<Vec<u8>>>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Network> {
+    let mut seed = *config.key.seed();
+    let keypair = identity::Keypair::ed25519_from_bytes(&mut seed)
+        .map_err(|e| anyhow::anyhow!("node key is not usable for libp2p: {e}"))?;
+    let local_peer_id = keypair.public().to_peer_id();
+    let topic = gossipsub::IdentTopic::new(format!(
+        "/stele/{}/txs/1",
+        &config.genesis_hash.to_hex()[..16]
+    ));
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .max_transmit_size(config.max_gossip_bytes)
+        .heartbeat_interval(Duration::from_millis(500))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .build()
+        .map_err(|e| anyhow::anyhow!("gossipsub configuration: {e}"))?;
+    let mut gossip = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(keypair.clone()),
+        gossip_config,
+    )
+    .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+    gossip.subscribe(&topic)?;
+
+    let mut allowed = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+    let mut names: HashMap<PeerId, (PublicKey, String)> = HashMap::new();
+    for (key, name) in &config.allowed {
+        let peer = peer_id(key).map_err(anyhow::Error::msg)?;
+        allowed.allow_peer(peer);
+        names.insert(peer, (*key, name.clone()));
+    }
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(config.max_peers))
+            .with_max_established_per_peer(Some(2))
+            .with_max_pending_incoming(Some(config.max_peers)),
+    );
+    let consensus = request_response::Behaviour::with_codec(
+        BorshCodec::new(config.max_consensus_bytes + 64, 16),
+        [(
+            StreamProtocol::new("/stele/consensus/1"),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(10))
+            .with_max_concurrent_streams(1024),
+    );
+    let sync = request_response::Behaviour::with_codec(
+        BorshCodec::new(
+            1024,
+            SYNC_RESPONSE_BYTES + config.max_consensus_bytes + 1024,
+        ),
+        [(
+            StreamProtocol::new("/stele/sync/1"),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+    );
+    let behaviour = Behaviour {
+        allowed,
+        blocked: allow_block_list::Behaviour::default(),
+        limits,
+        gossip,
+        consensus,
+        sync,
+    };
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|_| behaviour)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    swarm
+        .listen_on(multiaddr(config.listen))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+
+    let dial: Vec<DialTarget> = config
+        .dial
+        .iter()
+        .filter_map(|(key, address)| {
+            let peer = peer_id(key).ok()?;
+            (peer != local_peer_id).then(|| DialTarget {
+                peer,
+                address: multiaddr(*address).with(Protocol::P2p(peer)),
+                next_attempt: Instant::now(),
+                backoff: REDIAL_MIN,
+            })
+        })
+        .collect();
+    let (commands_tx, commands_rx) = mpsc::channel(4096);
+    let (peers_tx, peers_rx) = watch::channel(Vec::new());
+    let task = NetworkTask {
+        swarm,
+        topic,
+        names,
+        dial,
+        connected: HashMap::new(),
+        banned: Vec::new(),
+        store,
+        events,
+        txs,
+        peers: peers_tx,
+        metrics,
+        pending_status: HashSet::new(),
+    };
+    tokio::spawn(task.run(commands_rx));
+    Ok(Network {
+        commands: commands_tx,
+        peers: peers_rx,
+        local_peer_id,
+    })
+}
+
+struct NetworkTask {
+    swarm: Swarm<Behaviour>,
+    topic: gossipsub::IdentTopic,
+    names: HashMap<PeerId, (PublicKey, String)>,
+    dial: Vec<DialTarget>,
+    /// Connected peers and one of their addresses.
+    connected: HashMap<PeerId, (usize, Multiaddr)>,
+    banned: Vec<(PeerId, Instant)>,
+    store: Arc<Store>,
+    events: mpsc::Sender<NetEvent>,
+    txs: mpsc::Sender<Vec<Vec<u8>>>,
+    peers: watch::Sender<Vec<PeerInfo>>,
+    metrics: Arc<Metrics>,
+    pending_status: HashSet<request_response::OutboundRequestId>,
+}
+
+type SyncChannel = request_response::ResponseChannel<SyncResponse>;
+
+impl NetworkTask {
+    async fn run(mut self, mut commands: mpsc::Receiver<NetCommand>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let (answers_tx, mut answers) = mpsc::channel::<(SyncChannel, SyncResponse)>(64);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event, &answers_tx),
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                Some((channel, response)) = answers.recv() => {
+                    // The requester may have gone; nothing to do then.
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        debug!("network task stopped");
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let mut unbanned = Vec::new();
+        self.banned.retain(|(peer, until)| {
+            let keep = *until > now;
+            if !keep {
+                unbanned.push(*peer);
+            }
+            keep
+        });
+        for peer in unbanned {
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+        for i in 0..self.dial.len() {
+            let target = &self.dial[i];
+            if self.connected.contains_key(&target.peer)
+                || target.next_attempt > now
+                || self.banned.iter().any(|(p, _)| *p == target.peer)
+            {
+                continue;
+            }
+            let address = target.address.clone();
+            if let Err(e) = self.swarm.dial(address.clone()) {
+                debug!(%address, "dial failed: {e}");
+            }
+            let target = &mut self.dial[i];
+            target.next_attempt = now + target.backoff;
+            target.backoff = (target.backoff * 2).min(REDIAL_MAX);
+        }
+    }
+
+    fn publish_peers(&mut self) {
+        let peers = self
+            .connected
+            .iter()
+            .map(|(peer, (_, address))| {
+                let named = self.names.get(peer);
+                PeerInfo {
+                    peer_id: peer.to_string(),
+                    key: named.map(|(k, _)| k.to_hex()),
+                    name: named.map(|(_, n)| n.clone()),
+                    address: address.to_string(),
+                }
+            })
+            .collect();
+        self.metrics.peers.set(self.connected.len() as i64);
+        self.peers.send_replace(peers);
+    }
+
+    fn on_command(&mut self, command: NetCommand) {
+        match command {
+            NetCommand::Broadcast(bytes) => {
+                let peers: Vec<PeerId> = self.connected.keys().copied().collect();
+                for peer in peers {
+                    self.swarm
+                        .behaviour_mut()
+                        .consensus
+                        .send_request(&peer, ConsensusEnvelope(bytes.clone()));
+                }
+            }
+            NetCommand::GossipTxs(batch) => {
+                let bytes = borsh::to_vec(&batch).expect("borsh encoding to a Vec never fails");
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .publish(self.topic.clone(), bytes)
+                {
+                    // No peers yet, or a duplicate: the transactions still wait in our
+                    // pool and reach a block through us.
+                    debug!("transaction gossip not sent: {e}");
+                }
+            }
+            NetCommand::Sync { peer, request } => {
+                if !self.connected.contains_key(&peer) {
+                    let _ = self.events.try_send(NetEvent::Sync {
+                        peer,
+                        response: Err("peer not connected".into()),
+                    });
+                    return;
+                }
+                self.swarm.behaviour_mut().sync.send_request(&peer, request);
+            }
+            NetCommand::PollStatus => {
+                let peers: Vec<PeerId> = self.connected.keys().copied().collect();
+                for peer in peers {
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&peer, SyncRequest::Status);
+                    self.pending_status.insert(id);
+                }
+            }
+            NetCommand::Ban { peer, reason } => {
+                warn!(%peer, "blocking peer for {}s: {reason}", BAN_DURATION.as_secs());
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+                self.banned.push((peer, Instant::now() + BAN_DURATION));
+            }
+            NetCommand::Allow(keys) => {
+                for key in keys {
+                    if let Ok(peer) = peer_id(&key) {
+                        self.swarm.behaviour_mut().allowed.allow_peer(peer);
+                        self.names
+                            .entry(peer)
+                            .or_insert((key, format!("validator {}", &key.to_hex()[..8])));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_swarm_event(
+        &mut self,
+        event: SwarmEvent<BehaviourEvent>,
+        answers: &mpsc::Sender<(SyncChannel, SyncResponse)>,
+    ) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "p2p listening"),
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let address = endpoint.get_remote_address().clone();
+                let entry = self.connected.entry(peer_id).or_insert((0, address));
+                entry.0 += 1;
+                if entry.0 == 1 {
+                    let name = self.names.get(&peer_id).map(|(_, n)| n.as_str());
+                    info!(peer = %peer_id, name = name.unwrap_or("?"), "peer connected");
+                    let _ = self.events.try_send(NetEvent::Connected(peer_id));
+                }
+                if let Some(target) = self.dial.iter_mut().find(|t| t.peer == peer_id) {
+                    target.backoff = REDIAL_MIN;
+                }
+                self.publish_peers();
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    self.connected.remove(&peer_id);
+                    info!(peer = %peer_id, "peer disconnected");
+                    self.publish_peers();
+                } else if let Some(entry) = self.connected.get_mut(&peer_id) {
+                    entry.0 = num_established as usize;
+                }
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                debug!("incoming connection refused: {error}");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(?peer_id, "dial failed: {error}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
+                let accepted = match borsh::from_slice::<Vec<Vec<u8>>>(&message.data) {
+                    Ok(batch) => {
+                        // Full intake queue: drop the batch here (the transactions stay in
+                        // the sender's pool), and do not forward it.
+                        self.txs.try_send(batch).is_ok()
+                    }
+                    Err(e) => {
+                        debug!(peer = %propagation_source, "malformed transaction batch: {e}");
+                        false
+                    }
+                };
+                let acceptance = if accepted {
+                    gossipsub::MessageAcceptance::Accept
+                } else {
+                    gossipsub::MessageAcceptance::Ignore
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossip
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Consensus(event)) => match event {
+                request_response::Event::Message {
+                    peer,
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                } => {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .consensus
+                        .send_response(channel, ());
+                    if self
+                        .events
+                        .try_send(NetEvent::Consensus {
+                            peer,
+                            bytes: request.0,
+                        })
+                        .is_err()
+                    {
+                        debug!("consensus queue full: message dropped");
+                    }
+                }
+                request_response::Event::OutboundFailure { peer, error, .. } => {
+                    debug!(%peer, "consensus message not delivered: {error}");
+                }
+                _ => {}
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => match event {
+                request_response::Event::Message {
+                    peer,
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                } => {
+                    let store = self.store.clone();
+                    let answers = answers.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let response = serve_sync(&store, request);
+                        let _ = answers.blocking_send((channel, response));
+                    });
+                    debug!(%peer, "sync request");
+                }
+                request_response::Event::Message {
+                    peer,
+                    message:
+                        request_response::Message::Response {
+                            response,
+                            request_id,
+                        },
+                    ..
+                } => {
+                    self.pending_status.remove(&request_id);
+                    let _ = self.events.try_send(NetEvent::Sync {
+                        peer,
+                        response: Ok(response),
+                    });
+                }
+                request_response::Event::OutboundFailure {
+                    peer,
+                    error,
+                    request_id,
+                    ..
+                } if !self.pending_status.remove(&request_id) => {
+                    let _ = self.events.try_send(NetEvent::Sync {
+                        peer,
+                        response: Err(error.to_string()),
+                    });
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Answers a sync request from the store.
+pub fn serve_sync(store: &Store, request: SyncRequest) -> SyncResponse {
+    match request {
+        SyncRequest::Status => {
+            let tip = store.tip();
+            SyncResponse::Status {
+                height: tip.height,
+                block_hash: tip.block_hash,
+            }
+        }
+        SyncRequest::Blocks { from, max } => {
+            let mut blocks = Vec::new();
+            let mut bytes = 0usize;
+            let tip = store.tip().height;
+            let mut height = from.max(1);
+            while height <= tip && blocks.len() < max.min(SYNC_BLOCKS_MAX) as usize {
+                let (block, certificate) = match (store.block(height), store.certificate(height)) {
+                    (Ok(Some(b)), Ok(Some(c))) => (b, c),
+                    (Err(e), _) | (_, Err(e)) => return SyncResponse::Error(e.to_string()),
+                    _ => return SyncResponse::Error(format!("height {height} is missing")),
+                };
+                let size = borsh::object_length(&block).unwrap_or(0);
+                if !blocks.is_empty() && bytes + size > SYNC_RESPONSE_BYTES {
+                    break;
+                }
+                bytes += size;
+                blocks.push((block, certificate));
+                height += 1;
+            }
+            SyncResponse::Blocks(blocks)
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! End-to-end tests: real `stele-node` processes on 127.0.0.x, driven over HTTP.
+//!
+//! Each test uses its own loopback address, so they run side by side.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+use stele_testkit::{Cluster, ClusterOptions};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Every node has the same block hash and state root at each height up to `upto`.
+fn assert_same_chain(cluster: &Cluster, nodes: &[usize], upto: u64) {
+    for height in 1..=upto {
+        let first = cluster.block(nodes[0], height).unwrap();
+        for &i in &nodes[1..] {
+            let other = cluster.block(i, height).unwrap();
+            assert_eq!(
+                first["hash"], other["hash"],
+                "block hash at height {height}, node {i}"
+            );
+            assert_eq!(
+                first["state_root"], other["state_root"],
+                "state root at height {height}, node {i}"
+            );
+        }
+    }
+}
+
+fn accepted(results: &[Value]) -> Vec<String> {
+    results
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], "accepted", "{r}");
+            r["hash"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn four_validators_commit_transfers_and_agree() {
+    let cluster = Cluster::start(ClusterOptions::new(4, 11)).unwrap();
+    cluster.wait_ready(&[0, 1, 2, 3], LONG).unwrap();
+    let alice = cluster.account_key(1).unwrap();
+    let bob = cluster.testnet.accounts[2].key;
+    // Transfers submitted to different nodes, in batches.
+    let mut hashes = Vec::new();
+    for round in 0..5u64 {
+        let txs: Vec<Vec<u8>> = (0..10)
+            .map(|k| {
+                cluster
+                    .transfer(&alice, round * 10 + k, bob, 1 + k)
+                    .encode()
+            })
+            .collect();
+        let results = cluster.submit((round % 4) as usize, &txs).unwrap();
+        hashes.extend(accepted(&results));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for hash in &hashes {
+        for i in 0..4 {
+            let status = cluster.wait_committed(i, hash, LONG).unwrap();
+            assert_eq!(
+                status["receipt"]["outcome"]["status"], "success",
+                "{status}"
+            );
+        }
+    }
+    let height = (0..4).map(|i| cluster.height(i).unwrap()).min().unwrap();
+    assert!(height >= 1);
+    assert_same_chain(&cluster, &[0, 1, 2, 3], height);
+    // Balances moved by exactly the amounts sent, on every node.
+    let sent: u64 = (0..5).map(|_| (1..=10).sum::<u64>()).sum();
+    for i in 0..4 {
+        let account = cluster
+            .get(i, &format!("/v1/accounts/{}", bob.to_hex()))
+            .unwrap();
+        assert_eq!(
+            account["balance"].as_u64().unwrap(),
+            stele_genesis::testnet::USER_BALANCE + sent,
+            "node {i}: {account}"
+        );
+    }
+    // No empty blocks: with nothing to do, the height stays.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = cluster.height(0).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        cluster.height(0).unwrap(),
+        before,
+        "blocks made with an empty mempool"
+    );
+}
+
+#[test]
+fn invalid_transactions_are_rejected_with_reasons() {
+    let cluster = Cluster::start(ClusterOptions::new(4, 12)).unwrap();
+    cluster.wait_ready(&[0, 1, 2, 3], LONG).unwrap();
+    let alice = cluster.account_key(1).unwrap();
+    let bob = cluster.testnet.accounts[2].key;
+    let good = cluster.transfer(&alice, 0, bob, 5);
+    let results = cluster.submit(0, &[good.encode()]).unwrap();
+    let hash = accepted(&results).remove(0);
+    cluster.wait_committed(0, &hash, LONG).unwrap();
+
+    let mut bad_signature = cluster.transfer(&alice, 1, bob, 5);
+    bad_signature.tx.op = stele_ledger::Operation::Transfer { to: bob, amount: 6 };
+    let other_chain = {
+        let domain = stele_consensus::SigningDomain::new("another-chain").unwrap();
+        stele_ledger::Transaction {
+            chain_id: "another-chain".into(),
+            signer: alice.public_key(),
+            nonce: 1,
+            op: stele_ledger::Operation::Transfer { to: bob, amount: 1 },
+        }
+        .sign(&domain, &alice)
+    };
+    let replayed = good.encode();
+    let oversized = vec![0u8; 100_000];
+    let garbage = vec![0xde, 0xad, 0xbe, 0xef];
+    let results = cluster
+        .submit(
+            1,
+            &[
+                bad_signature.encode(),
+                other_chain.encode(),
+                replayed,
+                oversized,
+                garbage,
+            ],
+        )
+        .unwrap();
+    let reasons: Vec<String> = results
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], "rejected", "{r}");
+            r["reason"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(reasons[0].contains("signature"), "{}", reasons[0]);
+    assert!(reasons[1].contains("chain"), "{}", reasons[1]);
+    assert!(
+        reasons[2].contains("committed") || reasons[2].contains("nonce"),
+        "{}",
+        reasons[2]
+    );
+    assert!(reasons[3].contains("100000"), "{}", reasons[3]);
+    assert!(!reasons[4].is_empty());
+    // The rejection is queryable by hash.
+    let status = cluster
+        .tx_status(1, &bad_signature.hash().to_hex())
+        .unwrap();
+    assert_eq!(status["status"], "rejected", "{status}");
+    // Malformed bodies get a clear error, not a crash.
+    let response = cluster
+        .http
+        .post(format!("{}/v1/txs", cluster.nodes[2].api))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    // Every node still runs and still commits.
+    let next = cluster.transfer(&alice, 1, bob, 5);
+    let hash = accepted(&cluster.submit(3, &[next.encode()]).unwrap()).remove(0);
+    for i in 0..4 {
+        cluster.wait_committed(i, &hash, LONG).unwrap();
+    }
+}
+
+#[test]
+fn a_killed_validator_restarts_syncs_and_rejoins() {
+    let mut cluster = Cluster::start(ClusterOptions::new(4, 13)).unwrap();
+    cluster.wait_ready(&[0, 1, 2, 3], LONG).unwrap();
+    let alice = cluster.account_key(1).unwrap();
+    let bob = cluster.testnet.accounts[2].key;
+    let mut nonce = 0;
+    let mut send = |cluster: &Cluster, node: usize| {
+        let tx = cluster.transfer(&alice, nonce, bob, 1);
+        nonce += 1;
+        accepted(&cluster.submit(node, &[tx.encode()]).unwrap()).remove(0)
+    };
+    let hash = send(&cluster, 0);
+    cluster.wait_committed(0, &hash, LONG).unwrap();
+    cluster.kill(3);
+    // The other three keep committing.
+    for _ in 0..5 {
+        let hash = send(&cluster, 1);
+        for i in 0..3 {
+            cluster.wait_committed(i, &hash, LONG).unwrap();
+        }
+    }
+    let height = cluster.height(0).unwrap();
+    cluster.spawn(3).unwrap();
+    cluster.wait_ready(&[3], LONG).unwrap();
+    cluster.wait_for_height(3, height, LONG).unwrap();
+    // It takes part again: with node 2 stopped, progress needs node 3's votes.
+    cluster.kill(2);
+    let hash = send(&cluster, 0);
+    for i in [0, 1, 3] {
+        cluster.wait_committed(i, &hash, LONG).unwrap();
+    }
+    let height = cluster.height(3).unwrap();
+    assert_same_chain(&cluster, &[0, 1, 3], height);
+}
+
+#[test]
+fn with_two_of_four_down_nothing_commits_and_nothing_forks() {
+    let mut cluster = Cluster::start(ClusterOptions::new(4, 14)).unwrap();
+    cluster.wait_ready(&[0, 1, 2, 3], LONG).unwrap();
+    let alice = cluster.account_key(1).unwrap();
+    let bob = cluster.testnet.accounts[2].key;
+    let first = cluster.transfer(&alice, 0, bob, 1);
+    let hash = accepted(&cluster.submit(0, &[first.encode()]).unwrap()).remove(0);
+    for i in 0..4 {
+        cluster.wait_committed(i, &hash, LONG).unwrap();
+    }
+    cluster.kill(2);
+    cluster.kill(3);
+    let before = [cluster.height(0).unwrap(), cluster.height(1).unwrap()];
+    let stuck = cluster.transfer(&alice, 1, bob, 1);
+    let stuck_hash = accepted(&cluster.submit(0, &[stuck.encode()]).unwrap()).remove(0);
+    std::thread::sleep(Duration::from_secs(4));
+    let after = [cluster.height(0).unwrap(), cluster.height(1).unwrap()];
+    assert_eq!(before, after, "committed without a quorum");
+    assert_eq!(
+        cluster.tx_status(1, &stuck_hash).unwrap()["status"],
+        "pending"
+    );
+    // Back to four: the waiting transaction commits, on one chain.
+    cluster.spawn(2).unwrap();
+    cluster.spawn(3).unwrap();
+    for i in 0..4 {
+        cluster.wait_committed(i, &stuck_hash, LONG).unwrap();
+    }
+    let height = (0..4).map(|i| cluster.height(i).unwrap()).min().unwrap();
+    assert_same_chain(&cluster, &[0, 1, 2, 3], height);
+}
+
+#[test]
+fn a_validator_added_by_transaction_joins_and_votes() {
+    let mut options = ClusterOptions::new(4, 15);
+    options.observers = 1;
+    let cluster = Cluster::start(options).unwrap();
+    cluster.wait_ready(&[0, 1, 2, 3, 4], LONG).unwrap();
+    let treasury = cluster.account_key(0).unwrap();
+    let newcomer = cluster.nodes[4].key;
+    let add = cluster.sign(
+        &treasury,
+        0,
+        stele_ledger::Operation::AddValidator {
+            key: newcomer,
+            power: 1,
+        },
+    );
+    let hash = accepted(&cluster.submit(0, &[add.encode()]).unwrap()).remove(0);
+    let status = cluster.wait_committed(0, &hash, LONG).unwrap();
+    let effective = status["receipt"]["effective_height"].as_u64().unwrap();
+    // Drive the chain past the effective height.
+    let alice = cluster.account_key(1).unwrap();
+    let bob = cluster.testnet.accounts[2].key;
+    let mut signed_by_newcomer = false;
+    for nonce in 0..30 {
+        let tx = cluster.transfer(&alice, nonce, bob, 1);
+        let hash = accepted(&cluster.submit(1, &[tx.encode()]).unwrap()).remove(0);
+        let status = cluster.wait_committed(4, &hash, LONG).unwrap();
+        let height = status["height"].as_u64().unwrap();
+        if height >= effective {
+            let block = cluster.block(4, height).unwrap();
+            let bytes = hex::decode(block["certificate"].as_str().unwrap()).unwrap();
+            let certificate: stele_consensus::CommitCertificate =
+                borsh::from_slice(&bytes).unwrap();
+            // The new set has five validators of power 1: the quorum is four, so the
+            // newcomer may or may not be among the signers of a given block.
+            if certificate
+                .signatures
+                .iter()
+                .any(|s| s.validator == newcomer)
+            {
+                signed_by_newcomer = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        signed_by_newcomer,
+        "the added validator never signed a certificate"
+    );
+    let status = cluster.status(4).unwrap();
+    assert_eq!(status["is_validator"], true, "{status}");
+    for i in 0..4 {
+        let validators = cluster.status(i).unwrap()["validators"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(validators, 5, "node {i}");
+    }
+}
+
+#[test]
+fn a_peer_missing_from_the_genesis_cannot_connect() {
+    let mut options = ClusterOptions::new(4, 16);
+    options.strangers = 1;
+    let cluster = Cluster::start(options).unwrap();
+    cluster.wait_ready(&[0, 1, 2, 3, 4], LONG).unwrap();
+    let alice = cluster.account_key(1).unwrap();
+    let bob = cluster.testnet.accounts[2].key;
+    let hash = accepted(
+        &cluster
+            .submit(0, &[cluster.transfer(&alice, 0, bob, 1).encode()])
+            .unwrap(),
+    )
+    .remove(0);
+    cluster.wait_committed(0, &hash, LONG).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // The stranger dialed every validator and was refused by all.
+    let stranger = cluster.status(4).unwrap();
+    assert_eq!(stranger["peers"].as_array().unwrap().len(), 0, "{stranger}");
+    assert_eq!(stranger["height"], 0);
+    let key = cluster.nodes[4].key.to_hex();
+    for i in 0..4 {
+        let status = cluster.status(i).unwrap();
+        let peers = status["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 3, "node {i}: {status}");
+        assert!(peers.iter().all(|p| p["key"] != key.as_str()));
+    }
+}
