@@ -5,6 +5,9 @@
 //! to `DIR/node<i>/node.log`. Prints the API URLs, then a line per block committed (as
 //! seen by the first validator that answers), and on Ctrl-C (or SIGTERM) stops every
 //! validator with SIGTERM, waiting for them to finish cleanly.
+//!
+//! Blocks are only made when there are transactions, so by default a light load runs
+//! too: `alice` sends `bob` one unit, a few times a second (`--load 0` turns it off).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -30,8 +33,29 @@ fn homes(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// What to run.
+pub struct LocalnetOptions {
+    /// Validators.
+    pub validators: usize,
+    /// Testnet directory.
+    pub dir: PathBuf,
+    /// Demo transfers per second (0: none).
+    pub load: u32,
+    /// Address the nodes listen on (when creating the testnet).
+    pub host: std::net::IpAddr,
+    /// First port (when creating the testnet).
+    pub base_port: u16,
+}
+
 /// Runs the local network until Ctrl-C.
-pub async fn run(validators: usize, dir: PathBuf) -> anyhow::Result<()> {
+pub async fn run(options: LocalnetOptions) -> anyhow::Result<()> {
+    let LocalnetOptions {
+        validators,
+        dir,
+        load,
+        host,
+        base_port,
+    } = options;
     if dir.join("genesis.json").exists() {
         let found = homes(&dir).len();
         if found != validators {
@@ -44,6 +68,8 @@ pub async fn run(validators: usize, dir: PathBuf) -> anyhow::Result<()> {
     } else {
         let options = TestnetOptions {
             validators,
+            host,
+            base_port,
             ..TestnetOptions::default()
         };
         generate_testnet(&dir, &options)?;
@@ -89,12 +115,23 @@ pub async fn run(validators: usize, dir: PathBuf) -> anyhow::Result<()> {
     }
     println!("press Ctrl-C to stop");
     let apis: Vec<String> = running.iter().map(|v| v.api.clone()).collect();
-    let watcher = tokio::spawn(print_blocks(apis));
+    let watcher = tokio::spawn(print_blocks(apis.clone()));
+    let loader = if load > 0 {
+        println!(
+            "sending {load} demo transfers per second from alice to bob (--load 0 stops that)"
+        );
+        Some(tokio::spawn(demo_load(apis, dir.clone(), load)))
+    } else {
+        None
+    };
     let reason = tokio::select! {
         name = signal() => format!("{name} received"),
         exited = first_exit(&mut running) => exited,
     };
     watcher.abort();
+    if let Some(loader) = loader {
+        loader.abort();
+    }
     println!("{reason}: stopping the validators");
     stop_all(&mut running).await;
     Ok(())
@@ -200,4 +237,68 @@ async fn current_height(client: &reqwest::Client, api: &str) -> Option<u64> {
         .await
         .ok()?;
     status["height"].as_u64()
+}
+
+/// Sends `rate` transfers a second from `alice` to `bob`, round-robin over the nodes.
+async fn demo_load(apis: Vec<String>, dir: PathBuf, rate: u32) {
+    if let Err(e) = demo_load_inner(&apis, &dir, rate).await {
+        println!("demo load stopped: {e:#}");
+    }
+}
+
+async fn demo_load_inner(apis: &[String], dir: &Path, rate: u32) -> anyhow::Result<()> {
+    let genesis = stele_genesis::load_genesis(&dir.join("genesis.json"))?;
+    let domain = genesis.signing_domain()?;
+    let alice = stele_genesis::read_key_file(&dir.join("accounts/alice.json"))?;
+    let bob = stele_genesis::read_key_file(&dir.join("accounts/bob.json"))?.public_key();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let mut nonce: Option<u64> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let mut which = 0usize;
+    loop {
+        tick.tick().await;
+        let api = &apis[which % apis.len()];
+        which += 1;
+        let next = match nonce {
+            Some(n) => n,
+            None => {
+                let url = format!("{api}/v1/accounts/{}", alice.public_key().to_hex());
+                let Ok(response) = client.get(&url).send().await else {
+                    continue;
+                };
+                let Ok(account) = response.json::<serde_json::Value>().await else {
+                    continue;
+                };
+                match account["nonce"].as_u64() {
+                    Some(n) => n,
+                    None => continue,
+                }
+            }
+        };
+        let tx = stele_ledger::Transaction {
+            chain_id: domain.chain_id().to_owned(),
+            signer: alice.public_key(),
+            nonce: next,
+            op: stele_ledger::Operation::Transfer { to: bob, amount: 1 },
+        }
+        .sign(&domain, &alice);
+        let body = serde_json::json!({ "txs": [hex::encode(tx.encode())] });
+        let accepted = match client
+            .post(format!("{api}/v1/txs"))
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(response) => response
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .is_some_and(|v| v["results"][0]["status"] == "accepted"),
+            Err(_) => false,
+        };
+        // On any refusal, ask for the nonce again (another node may be ahead).
+        nonce = accepted.then_some(next + 1);
+    }
 }

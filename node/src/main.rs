@@ -63,6 +63,17 @@ enum Command {
         /// Testnet directory.
         #[arg(long, value_name = "DIR", default_value = "localnet")]
         dir: PathBuf,
+        /// Demo transfers per second from the testnet's `alice` to `bob`, so blocks
+        /// appear (blocks are only made when there are transactions); 0 for none.
+        #[arg(long, default_value_t = 2, value_name = "TX/S")]
+        load: u32,
+        /// Address the nodes listen on (used when the testnet is created).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// First port: node i uses base + 2i (p2p) and base + 2i + 1 (API) (used when
+        /// the testnet is created).
+        #[arg(long, default_value_t = 27000)]
+        base_port: u16,
     },
     /// Write an audit pack (blocks and certificates) from a node's store.
     Export {
@@ -107,9 +118,23 @@ fn main() -> ExitCode {
             api,
             name,
         } => init(&home, &genesis, &key, p2p, api, name),
-        Command::Localnet { validators, dir } => {
-            runtime().and_then(|rt| rt.block_on(stele_node::localnet::run(validators, dir)))
-        }
+        Command::Localnet {
+            validators,
+            dir,
+            load,
+            host,
+            base_port,
+        } => runtime().and_then(|rt| {
+            rt.block_on(stele_node::localnet::run(
+                stele_node::localnet::LocalnetOptions {
+                    validators,
+                    dir,
+                    load,
+                    host,
+                    base_port,
+                },
+            ))
+        }),
         Command::Export { .. } => Err(anyhow::anyhow!(
             "`stele-node export` is not implemented yet (it lands with the wallet and auditor issue, #5)"
         )),

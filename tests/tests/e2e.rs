@@ -326,3 +326,256 @@ fn a_peer_missing_from_the_genesis_cannot_connect() {
         assert!(peers.iter().all(|p| p["key"] != key.as_str()));
     }
 }
+
+/// The README's main command: `stele-node localnet` starts four validator processes that
+/// commit blocks (its demo load supplies transactions) and stops them all cleanly on
+/// SIGINT.
+#[test]
+fn localnet_commits_blocks_and_stops_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(stele_testkit::binary("stele-node"))
+        .args([
+            "localnet",
+            "--validators",
+            "4",
+            "--load",
+            "5",
+            "--host",
+            "127.0.0.17",
+        ])
+        .arg("--dir")
+        .arg(dir.path().join("net"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + LONG;
+    let mut blocks = 0;
+    let mut seen = Vec::new();
+    while blocks < 3 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines_rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("fewer than 3 blocks within {LONG:?}; output: {seen:#?}"));
+        if line.starts_with("block ") {
+            blocks += 1;
+        }
+        seen.push(line);
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("node3: API http://127.0.0.17:")),
+        "{seen:#?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    // The reader ends at end of output, once the process has exited.
+    let rest: Vec<String> = lines_rx.iter().collect();
+    let clean = rest
+        .iter()
+        .filter(|l| l.contains("stopped (exit status: 0)"))
+        .count();
+    assert_eq!(clean, 4, "{rest:#?}");
+}
+
+/// The HTTP API around consensus: a proof checked against the certified header, the
+/// block stream, metrics, and the request limits.
+#[test]
+fn api_serves_proofs_streams_metrics_and_enforces_limits() {
+    use stele_ledger::{Header, SparseMerkleProof, StateKey, value_hash};
+
+    let mut cluster = Cluster::create(ClusterOptions::new(4, 18)).unwrap();
+    // Node 0 gets a small body limit and rate limit, to see both enforced.
+    let path = cluster.nodes[0].home.join("config.toml");
+    let mut config = stele_genesis::NodeConfig::load(&path).unwrap();
+    config.api.max_body_bytes = 4096;
+    config.api.rate_limit_per_sec = 20;
+    config.api.rate_limit_burst = 40;
+    config.write(&path).unwrap();
+    for i in 0..4 {
+        cluster.spawn(i).unwrap();
+    }
+    cluster.wait_ready(&[0, 1, 2, 3], LONG).unwrap();
+    let alice = cluster.account_key(1).unwrap();
+    let bob = cluster.testnet.accounts[2].key;
+    let mut last = String::new();
+    for nonce in 0..3 {
+        let tx = cluster.transfer(&alice, nonce, bob, 7);
+        last = accepted(&cluster.submit(1, &[tx.encode()]).unwrap()).remove(0);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let committed = cluster.wait_committed(1, &last, LONG).unwrap();
+    let height = committed["height"].as_u64().unwrap();
+
+    // The account proof verifies against the state root of the certified header.
+    let account = cluster
+        .get(1, &format!("/v1/accounts/{}?height={height}", bob.to_hex()))
+        .unwrap();
+    let header: Header =
+        borsh::from_slice(&hex::decode(account["header"].as_str().unwrap()).unwrap()).unwrap();
+    let certificate: stele_consensus::CommitCertificate =
+        borsh::from_slice(&hex::decode(account["certificate"].as_str().unwrap()).unwrap()).unwrap();
+    let set = cluster.testnet.genesis.validator_set().unwrap();
+    certificate
+        .verify(&cluster.domain, &set, height, &header.hash())
+        .unwrap();
+    let proof: SparseMerkleProof =
+        borsh::from_slice(&hex::decode(account["proof"].as_str().unwrap()).unwrap()).unwrap();
+    let value = hex::decode(account["value"].as_str().unwrap()).unwrap();
+    let key = StateKey::Account(bob).hash();
+    proof
+        .verify(&header.state_root, &key, Some(&value_hash(&value)))
+        .unwrap();
+    // A tampered value does not.
+    let mut forged = value.clone();
+    forged[0] ^= 1;
+    assert!(
+        proof
+            .verify(&header.state_root, &key, Some(&value_hash(&forged)))
+            .is_err()
+    );
+
+    // The block stream starts where asked and carries every height in order.
+    let mut response = cluster
+        .http
+        .get(format!("{}/v1/blocks?from=1", cluster.nodes[2].api))
+        .send()
+        .unwrap();
+    let mut buffer = Vec::new();
+    let mut heights = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while heights.len() < height as usize {
+        use std::io::Read;
+        let n = response.read(&mut chunk).unwrap();
+        assert!(n > 0, "stream ended early");
+        buffer.extend_from_slice(&chunk[..n]);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let block: Value = serde_json::from_slice(&line).unwrap();
+            heights.push(block["height"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(heights, (1..=height).collect::<Vec<_>>());
+
+    // Metrics.
+    let metrics = cluster
+        .http
+        .get(format!("{}/metrics", cluster.nodes[3].api))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for name in [
+        "stele_height",
+        "stele_view_changes_total",
+        "stele_mempool_txs",
+        "stele_committed_txs_total",
+        "stele_peers",
+        "stele_commit_latency_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+
+    // Body limit, then rate limit, at node 0.
+    let big = serde_json::json!({ "txs": [hex::encode(vec![0u8; 8192])] });
+    let status = cluster
+        .http
+        .post(format!("{}/v1/txs", cluster.nodes[0].api))
+        .json(&big)
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 413);
+    let limited = (0..200)
+        .filter(|_| {
+            cluster
+                .http
+                .get(format!("{}/health", cluster.nodes[0].api))
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+                == 429
+        })
+        .count();
+    assert!(limited > 0, "no request was rate limited");
+    // Other nodes, and node 0 itself, still commit.
+    let tx = cluster.transfer(&alice, 3, bob, 1);
+    let hash = accepted(&cluster.submit(2, &[tx.encode()]).unwrap()).remove(0);
+    cluster.wait_committed(3, &hash, LONG).unwrap();
+    // SIGTERM stops a node cleanly (exit status 0).
+    assert!(cluster.stop(3), "node 3 did not exit cleanly on SIGTERM");
+}
+
+/// A configuration mistake stops the node at start with the key named; JSON logs are
+/// JSON.
+#[test]
+fn bad_config_is_named_and_json_logs_parse() {
+    let mut cluster = Cluster::create(ClusterOptions::new(4, 19)).unwrap();
+    let path = cluster.nodes[0].home.join("config.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, good.replace("[api]", "[api]\nmax_body_byte = 5")).unwrap();
+    let output = std::process::Command::new(stele_testkit::binary("stele-node"))
+        .arg("start")
+        .arg("--home")
+        .arg(&cluster.nodes[0].home)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("max_body_byte"), "{stderr}");
+    std::fs::write(
+        &path,
+        good.replace("rate_limit_per_sec = 2000", "rate_limit_per_sec = 0"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(stele_testkit::binary("stele-node"))
+        .arg("start")
+        .arg("--home")
+        .arg(&cluster.nodes[0].home)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("api.rate_limit_per_sec"), "{stderr}");
+
+    let mut config: stele_genesis::NodeConfig = toml_free_load(&good);
+    config.log.format = stele_genesis::config::LogFormat::Json;
+    config.write(&path).unwrap();
+    cluster.spawn(0).unwrap();
+    cluster.wait_ready(&[0], LONG).unwrap();
+    assert!(cluster.stop(0));
+    let log = cluster.log(0);
+    let lines: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() > 3, "{log}");
+    for line in lines {
+        let parsed: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(parsed.get("level").is_some(), "{line}");
+    }
+}
+
+/// Parses a config through a file, the way the node does.
+fn toml_free_load(text: &str) -> stele_genesis::NodeConfig {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    stele_genesis::NodeConfig::load(&path).unwrap()
+}
