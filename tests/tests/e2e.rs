@@ -579,3 +579,66 @@ fn toml_free_load(text: &str) -> stele_genesis::NodeConfig {
     std::fs::write(&path, text).unwrap();
     stele_genesis::NodeConfig::load(&path).unwrap()
 }
+
+/// Rewrites block `height` in a stopped node's RocksDB (a later header time), so the
+/// node serves a block that does not match its certificate.
+fn tamper_block(home: &std::path::Path, height: u64) {
+    let path = home.join("data");
+    let options = rocksdb::Options::default();
+    let families = rocksdb::DB::list_cf(&options, &path).unwrap();
+    let db = rocksdb::DB::open_cf(&options, &path, &families).unwrap();
+    let blocks = db.cf_handle("blocks").unwrap();
+    let key = height.to_be_bytes();
+    let bytes = db.get_cf(&blocks, key).unwrap().unwrap();
+    let mut block: stele_ledger::Block = borsh::from_slice(&bytes).unwrap();
+    block.header.time_ms += 1;
+    db.put_cf(&blocks, key, borsh::to_vec(&block).unwrap())
+        .unwrap();
+    db.flush_cf(&blocks).unwrap();
+}
+
+/// A node catching up from scratch is first offered only a peer that serves a forged
+/// block: it refuses the block, blocks that peer, and syncs the true chain once honest
+/// peers are back.
+#[test]
+fn a_peer_serving_a_bad_block_is_dropped() {
+    let mut cluster = Cluster::start(ClusterOptions::new(4, 20)).unwrap();
+    cluster.wait_ready(&[0, 1, 2, 3], LONG).unwrap();
+    let alice = cluster.account_key(1).unwrap();
+    let bob = cluster.testnet.accounts[2].key;
+    let mut last = String::new();
+    for nonce in 0..4 {
+        let tx = cluster.transfer(&alice, nonce, bob, 1);
+        last = accepted(&cluster.submit(0, &[tx.encode()]).unwrap()).remove(0);
+        cluster.wait_committed(0, &last, LONG).unwrap();
+    }
+    for i in 0..4 {
+        cluster.wait_committed(i, &last, LONG).unwrap();
+    }
+    let height = cluster.height(1).unwrap();
+    let true_block_2 = cluster.block(1, 2).unwrap()["hash"].clone();
+    for i in 0..4 {
+        assert!(cluster.stop(i));
+    }
+    tamper_block(&cluster.nodes[0].home, 2);
+    std::fs::remove_dir_all(cluster.nodes[3].home.join("data")).unwrap();
+    // Node 3 starts empty with only the forger to sync from.
+    cluster.spawn(0).unwrap();
+    cluster.spawn(3).unwrap();
+    cluster.wait_ready(&[0, 3], LONG).unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    while !cluster
+        .log(3)
+        .contains("served an invalid block at height 2")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", cluster.log(3));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cluster.height(3).unwrap(), 1, "accepted a forged block");
+    // Honest peers return; node 3 catches up on the true chain.
+    cluster.spawn(1).unwrap();
+    cluster.spawn(2).unwrap();
+    cluster.wait_for_height(3, height, LONG).unwrap();
+    assert_eq!(cluster.block(3, 2).unwrap()["hash"], true_block_2);
+    assert_same_chain(&cluster, &[1, 2, 3], height);
+}
