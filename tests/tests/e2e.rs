@@ -642,3 +642,68 @@ fn a_peer_serving_a_bad_block_is_dropped() {
     assert_eq!(cluster.block(3, 2).unwrap()["hash"], true_block_2);
     assert_same_chain(&cluster, &[1, 2, 3], height);
 }
+
+/// Not a benchmark (that is `stele-bench`): a rough look at committed blocks/s and
+/// transactions/s on a short local run, for the node issue's closing note. Run with
+/// `cargo test --workspace --profile ci --test e2e -- --ignored throughput_probe --nocapture`.
+#[test]
+#[ignore = "measurement, not a check; prints figures"]
+fn throughput_probe() {
+    let senders = 500;
+    let per_sender = 20u64;
+    let mut options = ClusterOptions::new(4, 21);
+    options.accounts = senders;
+    let cluster = Cluster::start(options).unwrap();
+    cluster.wait_ready(&[0, 1, 2, 3], LONG).unwrap();
+    let treasury = cluster.testnet.accounts[0].key;
+    let keys: Vec<_> = (1..=senders)
+        .map(|i| cluster.account_key(i).unwrap())
+        .collect();
+    let mut batches: Vec<Vec<Vec<u8>>> = Vec::new();
+    for nonce in 0..per_sender {
+        let batch = keys
+            .iter()
+            .map(|k| cluster.transfer(k, nonce, treasury, 1).encode())
+            .collect();
+        batches.push(batch);
+    }
+    let total = senders as u64 * per_sender;
+    let start_height = cluster.height(0).unwrap();
+    let started = std::time::Instant::now();
+    for (i, batch) in batches.iter().enumerate() {
+        let results = cluster.submit(i % 4, batch).unwrap();
+        assert!(results.iter().all(|r| r["status"] == "accepted"));
+    }
+    let submitted = started.elapsed();
+    let committed = || -> u64 {
+        let text = cluster
+            .http
+            .get(format!("{}/metrics", cluster.nodes[0].api))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("stele_committed_txs_total"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    while committed() < total {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "only {} of {total} committed",
+            committed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let blocks = cluster.height(0).unwrap() - start_height;
+    eprintln!(
+        "throughput probe: {total} transfers ({senders} senders x {per_sender}) submitted in {:.2}s, all committed in {elapsed:.2}s: {:.0} tx/s, {blocks} blocks = {:.1} blocks/s, {:.0} tx/block",
+        submitted.as_secs_f64(),
+        total as f64 / elapsed,
+        blocks as f64 / elapsed,
+        total as f64 / blocks as f64
+    );
+}
