@@ -29,7 +29,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: build the workspace first (`cargo test --workspace` does)",
+        "{} is missing: run `cargo build --workspace --profile ci` first (scripts/test does)",
         path.display()
     );
     path
