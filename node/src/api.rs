@@ -381,6 +381,7 @@ async fn account(
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad account: {e}")),
     };
     let store = state.store.clone();
+    let mempool = state.mempool.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, (StatusCode, String)> {
         let height = at.height.unwrap_or_else(|| store.tip().height);
         let (value, proof) = store
@@ -409,6 +410,8 @@ async fn account(
             "exists": decoded.is_some(),
             "balance": decoded.map(|a| a.balance),
             "nonce": decoded.map(|a| a.nonce),
+            // For signing the next transaction: past the ones already waiting here.
+            "next_nonce": decoded.map(|a| mempool.lock().expect("mempool lock poisoned").next_nonce(&key, a.nonce)),
             "roles": decoded.map(|a| a.role_list().iter().map(|r| r.name()).collect::<Vec<_>>()),
             "value": value.as_ref().map(hex::encode),
             "proof": hex::encode(borsh::to_vec(&proof).unwrap_or_default()),

@@ -151,13 +151,21 @@ async fn signal() -> &'static str {
     }
 }
 
-/// Resolves when a validator exits by itself.
+/// Reports validators that exit by themselves (the others keep running: the network
+/// tolerates fewer than a third down); resolves once none is left.
 async fn first_exit(running: &mut [Validator]) -> String {
+    let mut reported = vec![false; running.len()];
     loop {
-        for v in running.iter_mut() {
-            if let Ok(Some(status)) = v.child.try_wait() {
-                return format!("{} exited ({status}); see its node.log", v.name);
+        for (i, v) in running.iter_mut().enumerate() {
+            if !reported[i]
+                && let Ok(Some(status)) = v.child.try_wait()
+            {
+                reported[i] = true;
+                println!("{} exited ({status}); see its node.log", v.name);
             }
+        }
+        if reported.iter().all(|r| *r) {
+            return "every validator exited".into();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -429,6 +429,22 @@ impl Mempool {
             .collect()
     }
 
+    /// The nonce a new transaction from `account` should carry: past `committed` (the
+    /// account's next nonce in the committed state) and every waiting transaction that
+    /// follows it without a gap.
+    pub fn next_nonce(&self, account: &PublicKey, committed: u64) -> u64 {
+        let mut next = committed;
+        if let Some(nonces) = self.accounts.get(account) {
+            for nonce in nonces.range(committed..).map(|(n, _)| *n) {
+                if nonce != next {
+                    break;
+                }
+                next += 1;
+            }
+        }
+        next
+    }
+
     /// The waiting transaction `hash`, if any.
     pub fn get(&self, hash: &Hash) -> Option<&SignedTransaction> {
         self.txs.get(hash).map(|e| &e.tx)
@@ -522,6 +538,8 @@ mod tests {
         assert!(outcomes.iter().all(|a| matches!(a, Admission::Accepted(_))));
         let nonces: Vec<u64> = pool.candidates(10).iter().map(|t| t.tx.nonce).collect();
         assert_eq!(nonces, vec![0, 1, 2]);
+        assert_eq!(pool.next_nonce(&key.public_key(), 0), 3);
+        assert_eq!(pool.next_nonce(&key.public_key(), 5), 5);
         // A committed block with nonces 0 and 1 removes them; nonce 2 stays.
         let evicted = pool.committed(&txs[..2], &|_| Some(2));
         assert_eq!(evicted, 0);

@@ -1,8 +1,9 @@
 //! `stele-wallet`: keys, transactions, proof-checked queries and the auditor.
 //!
-//! The keystore commands are in place; transactions, verified queries and the audit
+//! The keystore and transaction commands are in place; verified queries and the audit
 //! arrive with the rest of the wallet issue and say so until then.
 
+mod client;
 mod keystore;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,12 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use std::time::Duration;
+
+use stele_consensus::{PublicKey, SigningDomain};
+use stele_ledger::{Operation, Role, Transaction};
+
+use crate::client::Client;
 use crate::keystore::{KdfCost, Keystore};
 
 #[derive(Parser)]
@@ -27,6 +34,13 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// A node's API URL; give several for failover (default: $STELE_NODES, comma
+    /// separated, or http://127.0.0.1:27001).
+    #[arg(long = "node", global = true, value_name = "URL")]
+    nodes: Vec<String>,
+    /// Seconds to wait for a node's answer.
+    #[arg(long, global = true, default_value_t = 10)]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,7 +51,71 @@ enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Send units to another account.
-    Transfer,
+    Transfer {
+        /// Recipient (hex public key).
+        #[arg(long)]
+        to: String,
+        /// Units.
+        #[arg(long)]
+        amount: u64,
+        #[command(flatten)]
+        tx: TxArgs,
+    },
+    /// Create units (issuer role).
+    Mint {
+        /// Recipient (hex public key).
+        #[arg(long)]
+        to: String,
+        /// Units.
+        #[arg(long)]
+        amount: u64,
+        #[command(flatten)]
+        tx: TxArgs,
+    },
+    /// Destroy units of your own balance (issuer role).
+    Burn {
+        /// Units.
+        #[arg(long)]
+        amount: u64,
+        #[command(flatten)]
+        tx: TxArgs,
+    },
+    /// Open a new account (registrar role).
+    CreateAccount {
+        /// The new account (hex public key).
+        #[arg(long)]
+        account: String,
+        #[command(flatten)]
+        tx: TxArgs,
+    },
+    /// Give an account a role (admin role).
+    GrantRole {
+        /// The account (hex public key).
+        #[arg(long)]
+        account: String,
+        /// admin, issuer or registrar.
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        tx: TxArgs,
+    },
+    /// Take a role from an account (admin role).
+    RevokeRole {
+        /// The account (hex public key).
+        #[arg(long)]
+        account: String,
+        /// admin, issuer or registrar.
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        tx: TxArgs,
+    },
+    /// Change the validator set (admin role); effective after the chain's delay.
+    #[command(subcommand)]
+    Validator(ValidatorCommand),
+    /// Transactions.
+    #[command(subcommand)]
+    Tx(TxCommand),
     /// Show an account's balance, checked against a certified state root.
     Balance,
     /// Verify a chain's whole history from its genesis.
@@ -45,6 +123,63 @@ enum Command {
         /// The chain's genesis file.
         #[arg(long, value_name = "FILE")]
         genesis: PathBuf,
+    },
+}
+
+/// What every transaction command takes.
+#[derive(clap::Args)]
+struct TxArgs {
+    /// The signing key's name in the keystore.
+    #[arg(long, value_name = "NAME")]
+    from: String,
+    /// Wait until the transaction is committed, then print its height and receipt.
+    #[arg(long)]
+    wait: bool,
+    /// Seconds `--wait` waits.
+    #[arg(long, default_value_t = 60)]
+    wait_secs: u64,
+}
+
+#[derive(Subcommand)]
+enum ValidatorCommand {
+    /// Add a validator.
+    Add {
+        /// Its key (hex).
+        #[arg(long)]
+        key: String,
+        /// Its power.
+        #[arg(long)]
+        power: u64,
+        #[command(flatten)]
+        tx: TxArgs,
+    },
+    /// Remove a validator.
+    Remove {
+        /// Its key (hex).
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        tx: TxArgs,
+    },
+    /// Change a validator's power.
+    SetPower {
+        /// Its key (hex).
+        #[arg(long)]
+        key: String,
+        /// The new power.
+        #[arg(long)]
+        power: u64,
+        #[command(flatten)]
+        tx: TxArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TxCommand {
+    /// Where a transaction stands: pending, committed (height, receipt) or rejected.
+    Status {
+        /// Its hash (hex).
+        hash: String,
     },
 }
 
@@ -213,11 +348,222 @@ fn print_key(cli: &Cli, name: &str, public_key: &str, what: &str) {
     }
 }
 
+fn key_arg(text: &str, what: &str) -> anyhow::Result<PublicKey> {
+    PublicKey::from_hex(text).map_err(|e| anyhow::anyhow!("{what}: not a hex public key: {e}"))
+}
+
+fn role_arg(text: &str) -> anyhow::Result<Role> {
+    Role::from_name(text)
+        .with_context(|| format!("--role: unknown role {text:?} (known: admin, issuer, registrar)"))
+}
+
+fn client(cli: &Cli) -> anyhow::Result<Client> {
+    let mut urls = cli.nodes.clone();
+    if urls.is_empty()
+        && let Ok(list) = std::env::var("STELE_NODES")
+    {
+        urls = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+    }
+    if urls.is_empty() {
+        urls.push("http://127.0.0.1:27001".into());
+    }
+    Client::new(&urls, Duration::from_secs(cli.timeout))
+}
+
+/// Signs `op` with the keystore key `args.from` at the account's next nonce (asked of
+/// the node once), submits it (resending the same bytes on failure), and with `--wait`
+/// follows it to its commit.
+fn send(cli: &Cli, args: &TxArgs, op: Operation) -> anyhow::Result<()> {
+    let store = Keystore::open(&keystore_dir(cli)?)?;
+    let public = store.public_key(&args.from)?;
+    let mut client = client(cli)?;
+    let status = client.get("/v1/status")?.body;
+    let chain_id = status["chain_id"]
+        .as_str()
+        .context("the node's status has no chain_id")?
+        .to_owned();
+    let domain = SigningDomain::new(&chain_id)?;
+    let account = client.get(&format!("/v1/accounts/{}", public.to_hex()))?;
+    if account.status != 200 || account.body["exists"] != true {
+        anyhow::bail!(
+            "account {public} ({}) does not exist on the chain",
+            args.from
+        );
+    }
+    let nonce = account.body["next_nonce"]
+        .as_u64()
+        .context("the node did not give the account's next nonce")?;
+    let password = password(cli, false)?;
+    let key = store.unlock(&args.from, password.as_bytes())?;
+    let signed = Transaction {
+        chain_id,
+        signer: public,
+        nonce,
+        op,
+    }
+    .sign(&domain, &key);
+    let hash = signed.hash().to_hex();
+    let body = json!({ "txs": [hex::encode(signed.encode())] });
+    let answer = client.post("/v1/txs", &body)?;
+    let result = &answer.body["results"][0];
+    let outcome = result["status"].as_str().unwrap_or("?");
+    if outcome == "rejected" {
+        anyhow::bail!(
+            "transaction {hash} rejected: {}",
+            result["reason"].as_str().unwrap_or("no reason given")
+        );
+    }
+    if outcome != "accepted" && outcome != "pending" {
+        anyhow::bail!("unexpected answer: {}", answer.body);
+    }
+    if !args.wait {
+        if cli.json {
+            println!(
+                "{}",
+                json!({ "hash": hash, "nonce": nonce, "status": "pending" })
+            );
+        } else {
+            println!("submitted {hash} (nonce {nonce})");
+        }
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.wait_secs);
+    loop {
+        let answer = client.get(&format!("/v1/txs/{hash}"))?;
+        match answer.body["status"].as_str() {
+            Some("committed") => {
+                let receipt = &answer.body["receipt"];
+                if cli.json {
+                    println!("{}", answer.body);
+                } else {
+                    println!(
+                        "committed {hash} at height {} ({})",
+                        answer.body["height"],
+                        receipt["outcome"]["status"].as_str().unwrap_or("?")
+                    );
+                    if let Some(failure) = receipt["outcome"].get("failure") {
+                        println!("  failure: {failure}");
+                    }
+                }
+                let failed = receipt["outcome"]["status"] != "success";
+                if failed {
+                    anyhow::bail!("the transaction was included but failed");
+                }
+                return Ok(());
+            }
+            Some("rejected") => anyhow::bail!(
+                "transaction {hash} rejected: {}",
+                answer.body["reason"].as_str().unwrap_or("no reason given")
+            ),
+            // Pending, or not yet known to a node we failed over to: resend the same
+            // bytes (the node deduplicates) and keep waiting.
+            Some("unknown") => {
+                let _ = client.post("/v1/txs", &body);
+            }
+            _ => {}
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "transaction {hash} not committed within {}s",
+                args.wait_secs
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tx_status(cli: &Cli, hash: &str) -> anyhow::Result<()> {
+    let mut client = client(cli)?;
+    let answer = client.get(&format!("/v1/txs/{hash}"))?;
+    if cli.json {
+        println!("{}", answer.body);
+    } else {
+        match answer.body["status"].as_str() {
+            Some("committed") => println!(
+                "committed at height {}: {}",
+                answer.body["height"], answer.body["receipt"]["outcome"]
+            ),
+            Some("rejected") => println!("rejected: {}", answer.body["reason"]),
+            Some(other) => println!("{other}"),
+            None => println!("{}", answer.body),
+        }
+    }
+    if answer.status == 404 {
+        anyhow::bail!("no node knows transaction {hash}");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Keys(command) => keys(&cli, command),
-        Command::Transfer => Err(not_yet("transfer")),
+        Command::Transfer { to, amount, tx } => key_arg(to, "--to").and_then(|to| {
+            send(
+                &cli,
+                tx,
+                Operation::Transfer {
+                    to,
+                    amount: *amount,
+                },
+            )
+        }),
+        Command::Mint { to, amount, tx } => key_arg(to, "--to").and_then(|to| {
+            send(
+                &cli,
+                tx,
+                Operation::Mint {
+                    to,
+                    amount: *amount,
+                },
+            )
+        }),
+        Command::Burn { amount, tx } => send(&cli, tx, Operation::Burn { amount: *amount }),
+        Command::CreateAccount { account, tx } => key_arg(account, "--account")
+            .and_then(|account| send(&cli, tx, Operation::CreateAccount { account })),
+        Command::GrantRole { account, role, tx } => {
+            key_arg(account, "--account").and_then(|account| {
+                send(
+                    &cli,
+                    tx,
+                    Operation::GrantRole {
+                        account,
+                        role: role_arg(role)?,
+                    },
+                )
+            })
+        }
+        Command::RevokeRole { account, role, tx } => {
+            key_arg(account, "--account").and_then(|account| {
+                send(
+                    &cli,
+                    tx,
+                    Operation::RevokeRole {
+                        account,
+                        role: role_arg(role)?,
+                    },
+                )
+            })
+        }
+        Command::Validator(ValidatorCommand::Add { key, power, tx }) => key_arg(key, "--key")
+            .and_then(|key| send(&cli, tx, Operation::AddValidator { key, power: *power })),
+        Command::Validator(ValidatorCommand::Remove { key, tx }) => {
+            key_arg(key, "--key").and_then(|key| send(&cli, tx, Operation::RemoveValidator { key }))
+        }
+        Command::Validator(ValidatorCommand::SetPower { key, power, tx }) => key_arg(key, "--key")
+            .and_then(|key| {
+                send(
+                    &cli,
+                    tx,
+                    Operation::SetValidatorPower { key, power: *power },
+                )
+            }),
+        Command::Tx(TxCommand::Status { hash }) => tx_status(&cli, hash),
         Command::Balance => Err(not_yet("balance")),
         Command::Audit { .. } => Err(not_yet("audit")),
     };
