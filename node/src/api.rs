@@ -132,6 +132,7 @@ pub async fn serve(
         .route("/v1/blocks/{height}", get(block))
         .route("/v1/status", get(status))
         .route("/v1/evidence", get(evidence))
+        .route("/v1/validator-sets", get(validator_sets))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(limiter, rate_limit))
@@ -554,6 +555,40 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
         "mempool": { "txs": pool_txs, "bytes": pool_bytes },
     }))
     .into_response()
+}
+
+/// `GET /v1/validator-sets`: every validator-set change, for light clients that follow
+/// the set from the genesis: at each change height `h`, the header and certificate of
+/// block `h` (certified by the old set, committing to the new one as its
+/// `next_validator_set_hash`) and the new set.
+async fn validator_sets(State(state): State<Arc<ApiState>>) -> Response {
+    let store = state.store.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, String> {
+        let mut changes = Vec::new();
+        for (height, set) in store.validator_set_changes().map_err(|e| e.to_string())? {
+            let block = store
+                .block(height)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("block {height} is missing"))?;
+            let certificate = store
+                .certificate(height)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("certificate {height} is missing"))?;
+            changes.push(json!({
+                "height": height,
+                "validators": set.validators(),
+                "header": hex::encode(borsh::to_vec(&block.header).map_err(|e| e.to_string())?),
+                "certificate": hex::encode(borsh::to_vec(&certificate).map_err(|e| e.to_string())?),
+            }));
+        }
+        Ok(json!({ "changes": changes }))
+    })
+    .await;
+    match result {
+        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// `GET /v1/evidence`: equivocations seen since start.

@@ -289,6 +289,27 @@ fn a_validator_added_by_transaction_joins_and_votes() {
     );
     let status = cluster.status(4).unwrap();
     assert_eq!(status["is_validator"], true, "{status}");
+    // The change is listed for light clients, at the height before it takes effect,
+    // with a header certified by the old set that commits to the new one.
+    let sets = cluster.get(4, "/v1/validator-sets").unwrap();
+    let changes = sets["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{sets}");
+    let change_height = changes[0]["height"].as_u64().unwrap();
+    assert_eq!(change_height + 1, effective, "{sets}");
+    assert_eq!(changes[0]["validators"].as_array().unwrap().len(), 5);
+    let header: stele_ledger::Header =
+        borsh::from_slice(&hex::decode(changes[0]["header"].as_str().unwrap()).unwrap()).unwrap();
+    let certificate: stele_consensus::CommitCertificate =
+        borsh::from_slice(&hex::decode(changes[0]["certificate"].as_str().unwrap()).unwrap())
+            .unwrap();
+    let old_set = cluster.testnet.genesis.validator_set().unwrap();
+    certificate
+        .verify(&cluster.domain, &old_set, change_height, &header.hash())
+        .unwrap();
+    let new_set: Vec<stele_consensus::Validator> =
+        serde_json::from_value(changes[0]["validators"].clone()).unwrap();
+    let new_set = stele_consensus::ValidatorSet::new(new_set).unwrap();
+    assert_eq!(header.next_validator_set_hash, new_set.hash());
     for i in 0..4 {
         let validators = cluster.status(i).unwrap()["validators"]
             .as_array()

@@ -43,7 +43,7 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
     Snapshot, WriteBatch, WriteOptions,
 };
-use stele_consensus::{CommitCertificate, Hash};
+use stele_consensus::{CommitCertificate, Hash, ValidatorSet};
 
 use crate::block::{Block, Receipt};
 use crate::error::LedgerError;
@@ -84,6 +84,9 @@ const META_GENESIS: &[u8] = b"genesis";
 const META_GENESIS_HASH: &[u8] = b"genesis_hash";
 const META_TIP: &[u8] = b"tip";
 const META_TREE_VERSION: &[u8] = b"tree_version";
+/// Prefix of the records of validator-set changes: the key is the prefix and the
+/// big-endian height `h` whose block scheduled the set of `h + 1`, the value the set.
+const META_SET_CHANGE: &[u8] = b"set_change/";
 const SCHEMA_VERSION: u32 = 1;
 
 /// Decoded undo records kept in memory for historical reads.
@@ -604,6 +607,12 @@ impl Store {
             batch.put_cf(index_cf, receipt.tx_hash.as_bytes(), encode(&location));
         }
         self.put_state_values(&mut batch, &outcome.delta, tree.flushed_version);
+        if outcome.next_validator_set.hash() != outcome.validator_set.hash() {
+            let mut key = META_SET_CHANGE.to_vec();
+            key.extend_from_slice(&be(height));
+            let validators = outcome.next_validator_set.validators().to_vec();
+            batch.put_cf(self.cf(CF_META), key, encode(&validators));
+        }
         let new_tip = ChainTip {
             height,
             block_hash: block.hash(),
@@ -830,6 +839,32 @@ impl Store {
             pages: stored_pages,
             state_root: tree_root,
         })
+    }
+
+    /// Every validator-set change so far, by height: `(h, set)` means block `h` is the
+    /// last one certified by the old set and `set` certifies `h + 1` on (block `h`'s
+    /// header commits to it as `next_validator_set_hash`). Light clients follow these
+    /// from the genesis set.
+    pub fn validator_set_changes(&self) -> Result<Vec<(u64, ValidatorSet)>, LedgerError> {
+        let mut changes = Vec::new();
+        let iter = self
+            .db
+            .prefix_iterator_cf(self.cf(CF_META), META_SET_CHANGE);
+        for item in iter {
+            let (key, value) = item?;
+            let Some(height) = key.strip_prefix(META_SET_CHANGE) else {
+                break;
+            };
+            let height: [u8; 8] = height.try_into().map_err(|_| LedgerError::Corrupt {
+                what: "validator-set change key".into(),
+            })?;
+            let validators: Vec<stele_consensus::Validator> = decode("validator set", &value)?;
+            let set = ValidatorSet::new(validators).map_err(|e| LedgerError::Corrupt {
+                what: format!("stored validator set: {e}"),
+            })?;
+            changes.push((u64::from_be_bytes(height), set));
+        }
+        Ok(changes)
     }
 
     /// Reads a stored consensus safety record.
