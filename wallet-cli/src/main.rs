@@ -5,6 +5,7 @@
 
 mod client;
 mod keystore;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -117,7 +118,16 @@ enum Command {
     #[command(subcommand)]
     Tx(TxCommand),
     /// Show an account's balance, checked against a certified state root.
-    Balance,
+    Balance {
+        /// The account: a hex public key, or a key name in the keystore.
+        account: String,
+        /// The chain's genesis file: the trust anchor for the check.
+        #[arg(long, value_name = "FILE")]
+        genesis: Option<PathBuf>,
+        /// Trust the node's answer without checking it (faster; no genesis needed).
+        #[arg(long)]
+        no_verify: bool,
+    },
     /// Verify a chain's whole history from its genesis.
     Audit {
         /// The chain's genesis file.
@@ -477,6 +487,77 @@ fn send(cli: &Cli, args: &TxArgs, op: Operation) -> anyhow::Result<()> {
     }
 }
 
+fn balance(
+    cli: &Cli,
+    account: &str,
+    genesis: Option<&Path>,
+    no_verify: bool,
+) -> anyhow::Result<()> {
+    let key = match PublicKey::from_hex(account) {
+        Ok(key) => key,
+        Err(_) => Keystore::open(&keystore_dir(cli)?)?
+            .public_key(account)
+            .with_context(|| format!("{account:?} is neither a hex public key nor a key name"))?,
+    };
+    let mut client = client(cli)?;
+    let answer = client.get(&format!("/v1/accounts/{}", key.to_hex()))?;
+    if answer.status != 200 {
+        anyhow::bail!("the node refused: {}", answer.body);
+    }
+    let (account, height, state_root, verified) = if no_verify {
+        let account = if answer.body["exists"] == true {
+            Some(stele_ledger::Account {
+                balance: answer.body["balance"].as_u64().unwrap_or(0),
+                nonce: answer.body["nonce"].as_u64().unwrap_or(0),
+                roles: 0,
+            })
+        } else {
+            None
+        };
+        (
+            account,
+            answer.body["height"].as_u64().unwrap_or(0),
+            String::new(),
+            false,
+        )
+    } else {
+        let Some(genesis) = genesis else {
+            anyhow::bail!(
+                "checking the answer needs the chain's genesis: pass --genesis FILE (or --no-verify to trust the node)"
+            );
+        };
+        let genesis = stele_genesis::load_genesis(genesis)?;
+        let checked = verify::account(&mut client, &genesis, &key, &answer.body)?;
+        (checked.account, checked.height, checked.state_root, true)
+    };
+    if cli.json {
+        println!(
+            "{}",
+            json!({
+                "account": key.to_hex(),
+                "exists": account.is_some(),
+                "balance": account.map(|a| a.balance),
+                "nonce": account.map(|a| a.nonce),
+                "roles": if verified { account.map(|a| a.role_list().iter().map(|r| r.name()).collect::<Vec<_>>()) } else { None },
+                "height": height,
+                "verified": verified,
+                "state_root": if verified { Some(state_root.clone()) } else { None },
+            })
+        );
+    } else {
+        match account {
+            Some(a) => print!("balance {}  nonce {}", a.balance, a.nonce),
+            None => print!("no such account"),
+        }
+        if verified {
+            println!("  (verified at height {height}, state root {state_root})");
+        } else {
+            println!("  (height {height}, NOT verified)");
+        }
+    }
+    Ok(())
+}
+
 fn tx_status(cli: &Cli, hash: &str) -> anyhow::Result<()> {
     let mut client = client(cli)?;
     let answer = client.get(&format!("/v1/txs/{hash}"))?;
@@ -564,7 +645,11 @@ fn main() -> ExitCode {
                 )
             }),
         Command::Tx(TxCommand::Status { hash }) => tx_status(&cli, hash),
-        Command::Balance => Err(not_yet("balance")),
+        Command::Balance {
+            account,
+            genesis,
+            no_verify,
+        } => balance(&cli, account, genesis.as_deref(), *no_verify),
         Command::Audit { .. } => Err(not_yet("audit")),
     };
     match result {
