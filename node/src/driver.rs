@@ -703,8 +703,21 @@ impl Driver {
                 self.request_blocks();
             }
             Ok(SyncResponse::Blocks(blocks)) if expecting => {
+                let from = self.syncing.map_or(0, |(_, from, _)| from);
                 self.syncing = None;
-                self.apply_synced(peer, blocks)?;
+                // A peer that said it was ahead must serve the next block: otherwise it
+                // lied about its tip, and would be asked again and again.
+                if blocks.first().map(|(b, _)| b.header.height) != Some(from)
+                    && from > self.tip_height()
+                {
+                    let _ = self.parts.net.try_send(NetCommand::Ban {
+                        peer,
+                        reason: format!("claimed to be past height {from} but did not serve it"),
+                    });
+                    self.peer_tips.remove(&peer);
+                } else {
+                    self.apply_synced(peer, blocks)?;
+                }
                 self.request_blocks();
             }
             Ok(SyncResponse::Blocks(_)) => {}
