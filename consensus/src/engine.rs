@@ -248,7 +248,6 @@ pub enum Effect {
 enum Validity {
     Pending,
     Valid,
-    Invalid,
 }
 
 /// Votes of one kind in one view, by validator index.
@@ -341,6 +340,8 @@ pub struct Engine {
     view_changes: BTreeMap<u64, BTreeMap<u32, StoredViewChange>>,
     blocks: HashMap<Hash, Vec<u8>>,
     validity: HashMap<Hash, Validity>,
+    /// Digests of block bytes the host found invalid at this height.
+    invalid_bytes: HashSet<Hash>,
     /// Views this engine led and has proposed in, or is waiting to.
     led_views: BTreeSet<u64>,
     awaiting_proposal: Option<u64>,
@@ -373,6 +374,7 @@ impl Engine {
             view_changes: BTreeMap::new(),
             blocks: HashMap::new(),
             validity: HashMap::new(),
+            invalid_bytes: HashSet::new(),
             led_views: BTreeSet::new(),
             awaiting_proposal: None,
             future: FutureBuffer::default(),
@@ -537,6 +539,7 @@ impl Engine {
         self.view_changes.clear();
         self.blocks.clear();
         self.validity.clear();
+        self.invalid_bytes.clear();
         self.led_views.clear();
         self.awaiting_proposal = None;
         self.evidence_sent.clear();
@@ -713,7 +716,10 @@ impl Engine {
                 self.report(evidence, view, 0, out);
                 return;
             }
-            Some(_) => return,
+            // The same proposal again: its bytes may be the honest ones after a copy
+            // with other bytes was found invalid (keeping and validating skip what is
+            // already known).
+            Some(_) => {}
             None => state.pre_prepare = Some(pre_prepare),
         }
         let hash = pre_prepare.block_hash;
@@ -723,8 +729,13 @@ impl Engine {
     }
 
     fn keep_block(&mut self, hash: Hash, block: Vec<u8>) {
-        if self.blocks.len() < self.config.blocks_per_height_max || self.blocks.contains_key(&hash)
+        if self.blocks.contains_key(&hash)
+            || (!self.invalid_bytes.is_empty()
+                && self.invalid_bytes.contains(&Hash::digest(&block)))
         {
+            return;
+        }
+        if self.blocks.len() < self.config.blocks_per_height_max {
             self.blocks.entry(hash).or_insert(block);
         }
     }
@@ -757,14 +768,20 @@ impl Engine {
         if height != self.height || self.validity.get(&hash) != Some(&Validity::Pending) {
             return;
         }
-        self.validity.insert(
-            hash,
-            if valid {
-                Validity::Valid
-            } else {
-                Validity::Invalid
-            },
-        );
+        if !valid {
+            // The verdict is about these bytes, not about the hash: a faulty validator
+            // can pair an honest leader's signed proposal with other bytes. Forget the
+            // bytes (remembering their digest, so they are not checked again) and let
+            // bytes that do hash to `hash` come and be checked.
+            self.validity.remove(&hash);
+            if let Some(bytes) = self.blocks.remove(&hash)
+                && self.invalid_bytes.len() < 4 * self.config.blocks_per_height_max
+            {
+                self.invalid_bytes.insert(Hash::digest(&bytes));
+            }
+            return;
+        }
+        self.validity.insert(hash, Validity::Valid);
         if self.decided {
             return;
         }
@@ -1266,11 +1283,15 @@ impl Engine {
         if view < self.view || view > self.view + self.config.future_views {
             return;
         }
-        if self
-            .views
-            .get(&view)
-            .is_some_and(|s| s.pre_prepare.is_some())
-        {
+        if let Some(existing) = self.views.get(&view).and_then(|s| s.pre_prepare) {
+            // Already under way. The same proposal may come with the honest bytes after
+            // a copy with other bytes was found invalid.
+            if existing == new_view.pre_prepare {
+                let hash = existing.block_hash;
+                self.keep_block(hash, block);
+                self.request_validation(hash, out);
+                self.try_prepare(view, out);
+            }
             return;
         }
         if let Err(reason) = self.check_new_view(&new_view) {
@@ -1636,5 +1657,58 @@ mod tests {
             .unwrap();
         assert!(broadcasts(member) > 0);
         assert_eq!(broadcasts(&SigningKey::from_seed([42; 32])), 0);
+    }
+
+    #[test]
+    fn bytes_found_invalid_do_not_condemn_their_hash() {
+        let keys = keys();
+        let set = set(&keys);
+        let leader = keys
+            .iter()
+            .find(|k| k.public_key() == Engine::leader(&set, 1, 0))
+            .unwrap();
+        let replica = keys
+            .iter()
+            .find(|k| k.public_key() != leader.public_key())
+            .unwrap();
+        let (mut engine, _) = started(replica, &set);
+        let good = b"the honest block".to_vec();
+        let hash = Hash::digest(&good);
+        let pre_prepare = SignedPrePrepare::sign(&domain(), leader, 1, 0, hash);
+        let proposal = |block: Vec<u8>| {
+            Input::Message(ConsensusMessage::PrePrepare { pre_prepare, block }.encode())
+        };
+        let validations = |effects: &[Effect]| -> Vec<Vec<u8>> {
+            effects
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::ValidateBlock { block, .. } => Some(block.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        // A faulty relay pairs the leader's signed proposal with other bytes first.
+        let forged = b"forged bytes".to_vec();
+        let asked = validations(&engine.handle(proposal(forged.clone())));
+        assert_eq!(asked, vec![forged.clone()]);
+        engine.handle(Input::BlockValidated {
+            height: 1,
+            block_hash: hash,
+            valid: false,
+        });
+        // The same forged bytes are not checked again; the honest ones are, and the
+        // replica prepares them.
+        assert!(validations(&engine.handle(proposal(forged))).is_empty());
+        let asked = validations(&engine.handle(proposal(good.clone())));
+        assert_eq!(asked, vec![good]);
+        let effects = engine.handle(Input::BlockValidated {
+            height: 1,
+            block_hash: hash,
+            valid: true,
+        });
+        assert!(
+            effects.iter().any(|e| matches!(e, Effect::Broadcast(_))),
+            "no prepare after the honest bytes: {effects:?}"
+        );
     }
 }
