@@ -19,13 +19,14 @@
 //! The first failure stops verification and is returned as a [`HistoryError`] naming
 //! the height and the typed reason.
 
-use stele_consensus::{CommitCertificate, Hash, ValidatorSet};
+use stele_consensus::{CommitCertificate, Hash, SigningDomain, ValidatorSet};
 
 use crate::block::Block;
 use crate::error::{BlockError, HistoryError, LedgerError};
 use crate::exec::{ChainContext, ChainTip, validate_block};
 use crate::genesis::Genesis;
 use crate::state::{MemoryState, StateReader};
+use crate::tx::{SignedTransaction, verify_signatures};
 
 /// Totals of a verified history.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +77,19 @@ impl HistoryVerifier {
         block: &Block,
         certificate: &CommitCertificate,
     ) -> Result<(), HistoryError> {
+        self.verify_next_checked(block, certificate, false)
+    }
+
+    /// [`HistoryVerifier::verify_next`] for a block whose transaction signatures the
+    /// caller has already found valid with [`check_transaction_signatures`] (on other
+    /// threads, say), when `signatures_valid` is true. When it is false the signatures
+    /// are checked here, so a bad one is reported in its place among the other checks.
+    pub fn verify_next_checked(
+        &mut self,
+        block: &Block,
+        certificate: &CommitCertificate,
+        signatures_valid: bool,
+    ) -> Result<(), HistoryError> {
         let height = self.tip.height + 1;
         let fail = |error: BlockError| HistoryError { height, error };
         let outcome = validate_block(
@@ -84,7 +98,7 @@ impl HistoryVerifier {
             &self.tip,
             self.tip_validator_set.as_ref(),
             block,
-            &|_| false,
+            &|_| signatures_valid,
             Some(certificate),
         )
         .map_err(fail)?;
@@ -115,6 +129,34 @@ impl HistoryVerifier {
     pub fn state(&self) -> &MemoryState {
         &self.state
     }
+
+    /// The chain's signing domain (for [`check_transaction_signatures`]).
+    pub fn domain(&self) -> &SigningDomain {
+        &self.context.domain
+    }
+}
+
+/// Checks the transaction signatures of several blocks in one batch, and tells for each
+/// block whether all of its signatures are valid. A batch is much cheaper per signature
+/// than one check each; callers spread groups of blocks over threads and pass the
+/// verdicts to [`HistoryVerifier::verify_next_checked`].
+pub fn check_transaction_signatures(domain: &SigningDomain, blocks: &[&Block]) -> Vec<bool> {
+    let txs: Vec<&SignedTransaction> = blocks.iter().flat_map(|b| b.txs.iter()).collect();
+    let results = verify_signatures(domain, &txs);
+    let mut results = results.into_iter();
+    blocks
+        .iter()
+        .map(|b| {
+            // Every result of this block is consumed (`all` would stop at the first bad
+            // one and misalign the next block's).
+            results
+                .by_ref()
+                .take(b.txs.len())
+                .filter(|r| r.is_err())
+                .count()
+                == 0
+        })
+        .collect()
 }
 
 /// Verifies a whole history from the genesis; see the module documentation for what is

@@ -13,7 +13,8 @@
 //! - [`exec`]: deterministic block execution, block building and block validation;
 //! - [`store`]: the RocksDB store, one atomic batch per block;
 //! - [`history`]: verification of a whole chain from its genesis, for block sync and
-//!   the auditor.
+//!   the auditor;
+//! - [`pack`]: audit packs, a chain's blocks and certificates in one file.
 //!
 //! The crate has no network code; it depends only on `stele-consensus` among Stele's
 //! crates.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod exec;
 pub mod genesis;
 pub mod history;
+pub mod pack;
 pub mod smt;
 pub mod state;
 pub mod store;
@@ -38,7 +40,8 @@ pub use exec::{
     validate_block,
 };
 pub use genesis::{ChainParams, Genesis, GenesisAccount, GenesisPeer, GenesisValidator};
-pub use history::{HistorySummary, HistoryVerifier, verify_history};
+pub use history::{HistorySummary, HistoryVerifier, check_transaction_signatures, verify_history};
+pub use pack::{PackError, PackReader, PackWriter};
 pub use smt::{SparseMerkleProof, root_from_leaves};
 pub use state::{Account, MemoryState, StateDelta, StateKey, StateReader, value_hash};
 pub use store::{HistoricState, IntegrityReport, Store, StoreOptions, TxLocation};

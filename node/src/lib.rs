@@ -5,6 +5,7 @@
 pub mod api;
 pub mod codec;
 pub mod driver;
+pub mod export;
 pub mod localnet;
 pub mod mempool;
 pub mod metrics;

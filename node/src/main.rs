@@ -135,9 +135,14 @@ fn main() -> ExitCode {
                 },
             ))
         }),
-        Command::Export { .. } => Err(anyhow::anyhow!(
-            "`stele-node export` is not implemented yet (it lands with the wallet and auditor issue, #5)"
-        )),
+        Command::Export { home, out } => stele_node::export::export(&home, &out).map(|exported| {
+            println!(
+                "wrote {}: heights 1 to {}, {} transactions",
+                exported.path.display(),
+                exported.blocks,
+                exported.transactions
+            );
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -147,6 +147,22 @@ pub fn account(
         ),
         None => None,
     };
+    // The readable fields must say what the proof proves: a node that states another
+    // balance than the one it proves is lying, even if the proof itself is sound.
+    let stated = (
+        answer["exists"].as_bool(),
+        answer["balance"].as_u64(),
+        answer["nonce"].as_u64(),
+    );
+    let proven = match &account {
+        Some(a) => (Some(true), Some(a.balance), Some(a.nonce)),
+        None => (Some(false), stated.1, stated.2),
+    };
+    if stated != proven {
+        return Err(lie(format!(
+            "the node states exists/balance/nonce {stated:?}, its proof shows {proven:?}"
+        )));
+    }
     Ok(VerifiedAccount {
         account,
         height,
