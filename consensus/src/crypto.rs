@@ -141,10 +141,13 @@ impl PublicKey {
 
     /// Decompresses and checks the key: a canonical point encoding, not of small order.
     pub fn verification_key(&self) -> Result<VerificationKey, CryptoError> {
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| CryptoError::InvalidPublicKey)?;
         // Non-canonical encodings of a valid point decompress, but would give one key two
         // spellings; small-order keys make forgeries trivial. Reject both.
-        if key.is_weak() || key.to_bytes() != self.0 {
+        if !is_canonical_y(&self.0) {
+            return Err(CryptoError::InvalidPublicKey);
+        }
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| CryptoError::InvalidPublicKey)?;
+        if key.is_weak() {
             return Err(CryptoError::InvalidPublicKey);
         }
         Ok(VerificationKey { key })
@@ -243,11 +246,23 @@ impl Signature {
     fn r_is_acceptable(&self) -> bool {
         let mut r = [0u8; 32];
         r.copy_from_slice(&self.0[..32]);
-        match CompressedEdwardsY(r).decompress() {
-            Some(point) => !point.is_small_order() && point.compress().0 == r,
-            None => false,
-        }
+        is_canonical_y(&r)
+            && CompressedEdwardsY(r)
+                .decompress()
+                .is_some_and(|point| !point.is_small_order())
     }
+}
+
+/// Whether a compressed Edwards point spells its y coordinate canonically: the low 255
+/// bits, little-endian, below p = 2^255 - 19. Decompression reduces y modulo p, so
+/// without this check a point has two spellings when y < 19. (The one other
+/// non-canonical spelling, x = 0 with the sign bit set, only exists for the two
+/// small-order points with x = 0, which are refused anyway.) A byte comparison, where
+/// re-compressing the point would cost a field inversion.
+fn is_canonical_y(bytes: &[u8; 32]) -> bool {
+    // p, little-endian, is ed ff ff .. ff 7f: y >= p only if the top 254 bits are ones
+    // and the lowest byte is at least 0xed.
+    bytes[31] & 0x7f != 0x7f || bytes[1..31].iter().any(|&b| b != 0xff) || bytes[0] < 0xed
 }
 
 impl fmt::Debug for Signature {
@@ -381,6 +396,46 @@ mod tests {
 
     fn key(n: u8) -> SigningKey {
         SigningKey::from_seed([n; 32])
+    }
+
+    /// y + p for a small y spells the same point as y: refused as a key and as R.
+    #[test]
+    fn non_canonical_points_are_refused() {
+        let mut tested = 0;
+        for y in 2u8..19 {
+            let mut canonical = [0u8; 32];
+            canonical[0] = y;
+            let Some(point) = CompressedEdwardsY(canonical).decompress() else {
+                continue;
+            };
+            if point.is_small_order() {
+                continue;
+            }
+            // y + p = y - 19 + 2^255: low byte y + 0xed, then ff .. ff, top byte 7f.
+            let mut other = [0xffu8; 32];
+            other[0] = y + 0xed;
+            other[31] = 0x7f;
+            assert!(CompressedEdwardsY(other).decompress().is_some());
+            assert!(is_canonical_y(&canonical));
+            assert!(!is_canonical_y(&other));
+            assert!(PublicKey(canonical).verification_key().is_ok());
+            assert!(PublicKey(other).verification_key().is_err());
+            let mut signature = [0u8; 64];
+            signature[..32].copy_from_slice(&canonical);
+            assert!(Signature(signature).r_is_acceptable());
+            signature[..32].copy_from_slice(&other);
+            assert!(!Signature(signature).r_is_acceptable());
+            tested += 1;
+        }
+        assert!(tested > 0, "no small y gave a usable point");
+        // p itself, and 2^255 - 1: not canonical; p - 1: canonical.
+        let mut p = [0xffu8; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        assert!(!is_canonical_y(&p));
+        p[0] = 0xec;
+        assert!(is_canonical_y(&p));
+        assert!(!is_canonical_y(&[0xff; 32]));
     }
 
     #[test]

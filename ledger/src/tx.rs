@@ -5,11 +5,13 @@
 //! (chain id and the `Transaction` message kind included), so it cannot be replayed on
 //! another chain or read as a vote. Per-account nonces stop replays on the same chain.
 
+use std::collections::HashMap;
+
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 use stele_consensus::{
-    BatchEntry, CHAIN_ID_LEN_MAX, Hash, Hasher, MessageKind, PublicKey, Signature, SigningDomain,
-    SigningKey, VerificationKey,
+    BatchEntry, CHAIN_ID_LEN_MAX, CryptoError, Hash, Hasher, MessageKind, PublicKey, Signature,
+    SigningDomain, SigningKey, VerificationKey,
 };
 
 use crate::error::TxDecodeError;
@@ -270,9 +272,16 @@ pub fn verify_signatures(
 ) -> Vec<Result<(), TxSignatureError>> {
     let mut results: Vec<Result<(), TxSignatureError>> = Vec::with_capacity(txs.len());
     let mut keys: Vec<(usize, VerificationKey)> = Vec::with_capacity(txs.len());
+    // One decompression per signer, however many of its transactions the batch holds.
+    let mut decompressed: HashMap<PublicKey, Result<VerificationKey, CryptoError>> = HashMap::new();
     for (i, tx) in txs.iter().enumerate() {
-        match tx.tx.signer.verification_key() {
+        let signer = tx.tx.signer;
+        match decompressed
+            .entry(signer)
+            .or_insert_with(|| signer.verification_key())
+        {
             Ok(key) => {
+                let key = *key;
                 keys.push((i, key));
                 results.push(Ok(()));
             }
