@@ -728,3 +728,134 @@ fn throughput_probe() {
         total as f64 / blocks as f64
     );
 }
+
+/// A block-stream consumer that stops reading is cut off once it is more than
+/// `api.stream_max_lag` heights behind, with a last line saying where to resume; it has
+/// missed nothing, and resuming there continues the sequence. The consumer's socket
+/// gets a small receive buffer (a default one grows to megabytes and would hide the
+/// lag for a long time); the node's send buffer still holds a few megabytes, so the test
+/// commits more than that in block lines.
+#[test]
+fn a_stalled_block_stream_is_cut_off_with_a_resume_height() {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket, sockopt,
+    };
+    use std::io::{BufRead, BufReader, Write};
+
+    let senders = 200;
+    let mut options = ClusterOptions::new(4, 25);
+    options.accounts = senders;
+    let mut cluster = Cluster::create(options).unwrap();
+    let max_lag = 2;
+    let path = cluster.nodes[0].home.join("config.toml");
+    let mut config = stele_genesis::NodeConfig::load(&path).unwrap();
+    config.api.stream_max_lag = max_lag;
+    config.write(&path).unwrap();
+    for i in 0..4 {
+        cluster.spawn(i).unwrap();
+    }
+    cluster.wait_ready(&[0, 1, 2, 3], LONG).unwrap();
+
+    // Subscribe from the next height with a 4 KiB receive buffer, and stop reading.
+    let start = cluster.height(0).unwrap() + 1;
+    let api: std::net::SocketAddrV4 = cluster.nodes[0]
+        .api
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, sockopt::RcvBuf, &4096).unwrap();
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(api)).unwrap();
+    let mut stream = std::net::TcpStream::from(fd);
+    write!(
+        stream,
+        "GET /v1/blocks?from={start}&full=true HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream.flush().unwrap();
+
+    // About 8 MB of block lines (each transfer is some 400 bytes of hex) in 100 blocks;
+    // here the cut-off came after some 57 blocks (4.5 MB) were buffered.
+    let rounds = 100u64;
+    let keys: Vec<_> = (1..=senders)
+        .map(|i| cluster.account_key(i).unwrap())
+        .collect();
+    let treasury = cluster.testnet.accounts[0].key;
+    for round in 0..rounds {
+        let batch: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|k| cluster.transfer(k, round, treasury, 1).encode())
+            .collect();
+        let hashes = accepted(&cluster.submit(0, &batch).unwrap());
+        cluster
+            .wait_committed(0, hashes.last().unwrap(), LONG)
+            .unwrap();
+    }
+    let tip = cluster.height(0).unwrap();
+    assert!(tip >= start + 30, "only {} blocks", tip + 1 - start);
+
+    // Now read: consecutive heights from `start`, then the cut-off line. (Were there no
+    // cut-off, the stream would follow the tip and go quiet: the timeout ends the test.)
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "no header end");
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut expected = start;
+    let resume_from = loop {
+        line.clear();
+        let read = reader.read_line(&mut line);
+        assert!(
+            matches!(read, Ok(n) if n > 0),
+            "no cut-off line after height {} (tip {tip}): {read:?}",
+            expected - 1
+        );
+        // Chunked encoding: skip chunk-size lines, parse the JSON ones.
+        let Ok(value) = serde_json::from_str::<Value>(line.trim()) else {
+            continue;
+        };
+        if let Some(error) = value.get("error") {
+            assert!(
+                error.as_str().unwrap().contains("behind"),
+                "unexpected error line: {value}"
+            );
+            break value["resume_from"].as_u64().unwrap();
+        }
+        assert_eq!(value["height"], expected, "a block was skipped");
+        expected += 1;
+    };
+    assert_eq!(resume_from, expected, "the resume height skips or repeats");
+    eprintln!(
+        "stream from {start}: {} blocks read before the cut-off, tip {tip}",
+        resume_from - start
+    );
+    assert!(resume_from <= tip, "cut off without falling behind");
+
+    // Resuming there continues the sequence.
+    let next = cluster.block(0, resume_from).unwrap();
+    let resumed = cluster
+        .http
+        .get(format!(
+            "{}/v1/blocks?from={resume_from}",
+            cluster.nodes[0].api
+        ))
+        .send()
+        .unwrap();
+    let first = BufReader::new(resumed).lines().next().unwrap().unwrap();
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["height"], resume_from);
+    assert_eq!(first["hash"], next["hash"]);
+}
