@@ -6,7 +6,7 @@
 //! node API, and helpers that sign transactions with the testnet's account keys.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,14 +18,14 @@ use stele_consensus::{PublicKey, SigningDomain, SigningKey};
 use stele_genesis::{Testnet, TestnetOptions, generate_testnet, read_key_file};
 use stele_ledger::{Operation, SignedTransaction, Transaction};
 
-/// The directory holding the workspace's built binaries (`target/<profile>`), found
-/// from the running test executable (`target/<profile>/deps/<test>`).
+/// A binary of the workspace (`target/<profile>/<name>`), found from the running
+/// executable: a test (`target/<profile>/deps/<test>`) or a binary beside it.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
+    let exe = std::env::current_exe().expect("executable path");
+    let mut dir = exe.parent().expect("the executable is in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("deps is inside target/<profile>");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -47,6 +47,11 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
+    /// The process id, while started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process runs.
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
@@ -88,6 +93,10 @@ pub struct ClusterOptions {
     /// Nodes whose keys the genesis does not list at all (made with `stele-node
     /// init`); they come last.
     pub strangers: usize,
+    /// The nodes' log filter.
+    pub log_level: String,
+    /// First port (node i uses base + 2i and base + 2i + 1).
+    pub base_port: u16,
 }
 
 impl ClusterOptions {
@@ -106,6 +115,8 @@ impl ClusterOptions {
             block_interval_ms: 20,
             observers: 0,
             strangers: 0,
+            log_level: "info,stele_node=debug".into(),
+            base_port: 30000,
         }
     }
 }
@@ -131,7 +142,7 @@ impl Cluster {
                 accounts: options.accounts,
                 chain_id: format!("stele-e2e-{}", options.host),
                 host: IpAddr::V4(Ipv4Addr::new(127, 0, 0, options.host)),
-                base_port: 30000,
+                base_port: options.base_port,
                 params: options.params,
             },
         )?;
@@ -139,7 +150,7 @@ impl Cluster {
             let path = node.home.join("config.toml");
             let mut config = stele_genesis::NodeConfig::load(&path)?;
             config.consensus.block_interval_ms = options.block_interval_ms;
-            config.log.level = "info,stele_node=debug".into();
+            config.log.level = options.log_level.clone();
             config.write(&path)?;
         }
         let mut nodes: Vec<NodeProcess> = testnet
@@ -174,7 +185,7 @@ impl Cluster {
                 let home = testnet_dir.join(format!("extra{k}"));
                 let key_file = testnet_dir.join(format!("extra{k}.key.json"));
                 stele_genesis::write_key_file(&key_file, key)?;
-                let port = 30000 + 2 * index as u16;
+                let port = options.base_port + 2 * index as u16;
                 let ip = Ipv4Addr::new(127, 0, 0, options.host);
                 let status = Command::new(binary("stele-node"))
                     .arg("init")
@@ -198,7 +209,7 @@ impl Cluster {
                 let path = home.join("config.toml");
                 let mut config = stele_genesis::NodeConfig::load(&path)?;
                 config.consensus.block_interval_ms = options.block_interval_ms;
-                config.log.level = "info,stele_node=debug".into();
+                config.log.level = options.log_level.clone();
                 config.write(&path)?;
                 nodes.push(NodeProcess {
                     home,
