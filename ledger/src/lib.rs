@@ -45,4 +45,4 @@ pub use pack::{PackError, PackReader, PackWriter};
 pub use smt::{SparseMerkleProof, root_from_leaves};
 pub use state::{Account, MemoryState, StateDelta, StateKey, StateReader, value_hash};
 pub use store::{HistoricState, IntegrityReport, Store, StoreOptions, TxLocation};
-pub use tx::{Operation, Role, SignedTransaction, Transaction, TxSignatureError};
+pub use tx::{KeyCache, Operation, Role, SignedTransaction, Transaction, TxSignatureError};

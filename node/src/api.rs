@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stele_consensus::{Evidence, Hash, PublicKey, SigningDomain};
-use stele_ledger::{Account, Store, TxLocation};
+use stele_ledger::{Account, KeyCache, Store, TxLocation};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
@@ -47,6 +47,8 @@ pub struct ApiState {
     pub domain: SigningDomain,
     /// Mempool limits.
     pub limits: MempoolLimits,
+    /// Decompressed signer keys (shared with gossip intake).
+    pub keys: Arc<KeyCache>,
     /// Consensus status.
     pub status: watch::Receiver<ConsensusStatus>,
     /// Connected peers.
@@ -233,11 +235,16 @@ pub fn admit_raw(
     mempool: &Mutex<Mempool>,
     domain: &SigningDomain,
     limits: &MempoolLimits,
+    keys: &KeyCache,
     raw: &[Vec<u8>],
 ) -> Result<Vec<Admission>, String> {
     let tip = store.tip().height;
     let snapshot = store.state_at(tip).map_err(|e| e.to_string())?;
-    let intake = Intake { domain, limits };
+    let intake = Intake {
+        domain,
+        limits,
+        keys: Some(keys),
+    };
     let already = |hash: &Hash| {
         if mempool
             .lock()
@@ -271,6 +278,7 @@ fn admit(state: &ApiState, raw: Vec<Vec<u8>>) -> Result<Vec<SubmitResult>, Strin
         &state.mempool,
         &state.domain,
         &state.limits,
+        &state.keys,
         &raw,
     )?;
     let mut results = Vec::with_capacity(outcomes.len());

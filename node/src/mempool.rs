@@ -20,7 +20,7 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 use stele_consensus::{Hash, PublicKey, SigningDomain};
-use stele_ledger::tx::verify_signatures;
+use stele_ledger::tx::{KeyCache, verify_signatures_cached};
 use stele_ledger::{Account, SignedTransaction, StateKey, StateReader, TxDecodeError};
 
 /// Limits of the pool.
@@ -322,6 +322,8 @@ pub struct Intake<'a> {
     pub domain: &'a SigningDomain,
     /// Pool limits (for the transaction size and nonce gap).
     pub limits: &'a MempoolLimits,
+    /// Decompressed signer keys, shared by all intakes of the node.
+    pub keys: Option<&'a KeyCache>,
 }
 
 /// A decoded transaction that passed every check but the pool's own (capacity and
@@ -353,7 +355,7 @@ impl Intake<'_> {
             .filter_map(|(i, r)| r.as_ref().ok().map(|c| (i, &c.tx)))
             .collect();
         let txs: Vec<&SignedTransaction> = to_verify.iter().map(|(_, tx)| *tx).collect();
-        let results = verify_signatures(self.domain, &txs);
+        let results = verify_signatures_cached(self.domain, &txs, self.keys);
         let failed: Vec<(usize, String)> = to_verify
             .iter()
             .zip(results)
@@ -522,6 +524,7 @@ mod tests {
         let intake = Intake {
             domain,
             limits: &limits,
+            keys: None,
         };
         let checked = intake.check(&raw, state, &|_| None);
         pool.admit(checked)

@@ -10,7 +10,7 @@ use anyhow::Context;
 use stele_consensus::{Engine, EngineConfig, PublicKey};
 use stele_genesis::NodeConfig;
 use stele_ledger::exec::ChainContext;
-use stele_ledger::{Genesis, Store, StoreOptions};
+use stele_ledger::{Genesis, KeyCache, Store, StoreOptions};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
@@ -22,6 +22,9 @@ use crate::network::{self, NetCommand, NetworkConfig};
 
 /// Largest gossiped transaction batch, bytes.
 const GOSSIP_BATCH_BYTES: usize = 512 * 1024;
+/// Signer keys kept decompressed (some 250 bytes each with the cache's own: 16 MB at most).
+const KEY_CACHE_ENTRIES: usize = 65_536;
+
 /// Longest a transaction waits to be gossiped.
 const GOSSIP_DELAY: Duration = Duration::from_millis(10);
 
@@ -168,6 +171,8 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
     // Transaction gossip, both ways.
     let (gossip_out_tx, gossip_out_rx) = mpsc::channel::<Vec<u8>>(65_536);
     tokio::spawn(gossip_out(gossip_out_rx, network.commands.clone()));
+    // Every signature check of the node shares one cache of decompressed keys.
+    let keys = Arc::new(KeyCache::new(KEY_CACHE_ENTRIES));
     tokio::spawn(gossip_in(
         gossip_in_rx,
         store.clone(),
@@ -175,6 +180,7 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
         mempool_notify.clone(),
         domain.clone(),
         limits.clone(),
+        keys.clone(),
         metrics.clone(),
     ));
 
@@ -221,6 +227,7 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
         gossip: gossip_out_tx,
         domain,
         limits,
+        keys,
         status: status_rx,
         peers: network.peers.clone(),
         tip: tip_rx,
@@ -315,6 +322,7 @@ async fn gossip_in(
     notify: Arc<Notify>,
     domain: stele_consensus::SigningDomain,
     limits: MempoolLimits,
+    keys: Arc<KeyCache>,
     metrics: Arc<Metrics>,
 ) {
     while let Some(batch) = rx.recv().await {
@@ -322,8 +330,9 @@ async fn gossip_in(
         let mempool_for_task = mempool.clone();
         let domain = domain.clone();
         let limits = limits.clone();
+        let keys = keys.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            api::admit_raw(&store, &mempool_for_task, &domain, &limits, &batch)
+            api::admit_raw(&store, &mempool_for_task, &domain, &limits, &keys, &batch)
         })
         .await;
         if let Ok(Ok(outcomes)) = outcome
