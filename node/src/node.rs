@@ -178,9 +178,11 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
         store.clone(),
         mempool.clone(),
         mempool_notify.clone(),
-        domain.clone(),
-        limits.clone(),
-        keys.clone(),
+        EntryChecks {
+            domain: domain.clone(),
+            limits: limits.clone(),
+            keys: keys.clone(),
+        },
         metrics.clone(),
     ));
 
@@ -314,25 +316,36 @@ async fn gossip_out(mut rx: mpsc::Receiver<Vec<u8>>, net: mpsc::Sender<NetComman
     }
 }
 
+/// What checking transactions at mempool entry takes.
+#[derive(Clone)]
+struct EntryChecks {
+    domain: stele_consensus::SigningDomain,
+    limits: MempoolLimits,
+    keys: Arc<KeyCache>,
+}
+
 /// Admits gossiped transaction batches (signatures checked in one batch each).
 async fn gossip_in(
     mut rx: mpsc::Receiver<Vec<Vec<u8>>>,
     store: Arc<Store>,
     mempool: Arc<Mutex<Mempool>>,
     notify: Arc<Notify>,
-    domain: stele_consensus::SigningDomain,
-    limits: MempoolLimits,
-    keys: Arc<KeyCache>,
+    checks: EntryChecks,
     metrics: Arc<Metrics>,
 ) {
     while let Some(batch) = rx.recv().await {
         let store = store.clone();
         let mempool_for_task = mempool.clone();
-        let domain = domain.clone();
-        let limits = limits.clone();
-        let keys = keys.clone();
+        let checks = checks.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            api::admit_raw(&store, &mempool_for_task, &domain, &limits, &keys, &batch)
+            api::admit_raw(
+                &store,
+                &mempool_for_task,
+                &checks.domain,
+                &checks.limits,
+                &checks.keys,
+                &batch,
+            )
         })
         .await;
         if let Ok(Ok(outcomes)) = outcome
