@@ -33,7 +33,8 @@ mod validator;
 pub use certificate::{CommitCertificate, CommitSignature, SignedVote, Vote, VoteKind};
 pub use crypto::{
     BatchEntry, CHAIN_ID_LEN_MAX, MessageKind, PUBLIC_KEY_LEN, PublicKey, SIGNATURE_LEN, Signature,
-    SigningDomain, SigningKey, VerificationKey, verify_batch, verify_each, verify_each_strict,
+    SigningDomain, SigningKey, VerificationKey, batch_verification_rate, verify_batch, verify_each,
+    verify_each_strict,
 };
 pub use engine::{Effect, Engine, EngineConfig, Evidence, Input};
 pub use error::{CertificateError, CryptoError, DecodeError, ValidatorSetError};

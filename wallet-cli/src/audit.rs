@@ -483,64 +483,9 @@ fn status(http: &reqwest::blocking::Client, url: &str) -> anyhow::Result<Value> 
 }
 
 /// The machine's batched ed25519 verification rate with every core busy, in
-/// signatures per second: batches of [`BATCH_TXS`] signatures over transaction-sized
-/// messages, for about `duration`. The audit's speed is read against it.
+/// signatures per second: batches of [`BATCH_TXS`] signatures, for about `duration`.
+/// The audit's speed is read against it.
 pub fn signature_rate(duration: Duration) -> f64 {
-    use stele_consensus::{BatchEntry, MessageKind, SigningKey, verify_batch};
-    let domain = SigningDomain::new("stele-audit-baseline").expect("a valid chain id");
-    let keys: Vec<SigningKey> = (0..BATCH_TXS)
-        .map(|i| {
-            let mut seed = [0u8; 32];
-            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            seed[31] = 0x5a;
-            SigningKey::from_seed(seed)
-        })
-        .collect();
-    // About the size of a signed transfer's signing bytes.
-    let messages: Vec<Vec<u8>> = (0..BATCH_TXS)
-        .map(|i| domain.signing_bytes(MessageKind::Transaction, &[i as u8; 120]))
-        .collect();
-    let signatures: Vec<_> = keys
-        .iter()
-        .zip(&messages)
-        .map(|(k, m)| k.sign_raw(m))
-        .collect();
-    let verification: Vec<_> = keys
-        .iter()
-        .map(|k| {
-            k.public_key()
-                .verification_key()
-                .expect("a generated key is valid")
-        })
-        .collect();
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let started = Instant::now();
-    let total: u64 = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| {
-                    let entries: Vec<BatchEntry<'_>> = verification
-                        .iter()
-                        .zip(&messages)
-                        .zip(&signatures)
-                        .map(|((key, m), signature)| BatchEntry {
-                            key,
-                            signed_bytes: m,
-                            signature,
-                        })
-                        .collect();
-                    let mut verified = 0u64;
-                    while started.elapsed() < duration {
-                        verify_batch(&entries).expect("the baseline's signatures are valid");
-                        verified += entries.len() as u64;
-                    }
-                    verified
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
-    });
-    total as f64 / started.elapsed().as_secs_f64()
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    stele_consensus::batch_verification_rate(cores, BATCH_TXS, duration)
 }

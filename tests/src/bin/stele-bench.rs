@@ -707,48 +707,10 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Batched ed25519 verification on this thread: signatures per second, in batches of
-/// 1,024 transaction-sized messages, for about `duration`.
+/// Batched ed25519 verification on one core: signatures per second, in batches of
+/// 1,024, for about `duration`.
 fn verify_rate_one_core(duration: Duration) -> f64 {
-    use stele_consensus::{BatchEntry, MessageKind, verify_batch};
-    const N: usize = 1024;
-    let domain = SigningDomain::new("stele-bench").expect("a valid chain id");
-    let keys: Vec<SigningKey> = (0..N)
-        .map(|i| {
-            let mut seed = [7u8; 32];
-            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            SigningKey::from_seed(seed)
-        })
-        .collect();
-    let messages: Vec<Vec<u8>> = (0..N)
-        .map(|i| domain.signing_bytes(MessageKind::Transaction, &[i as u8; 120]))
-        .collect();
-    let signatures: Vec<_> = keys
-        .iter()
-        .zip(&messages)
-        .map(|(k, m)| k.sign_raw(m))
-        .collect();
-    let verification: Vec<_> = keys
-        .iter()
-        .map(|k| k.public_key().verification_key().expect("valid"))
-        .collect();
-    let entries: Vec<BatchEntry<'_>> = verification
-        .iter()
-        .zip(&messages)
-        .zip(&signatures)
-        .map(|((key, m), signature)| BatchEntry {
-            key,
-            signed_bytes: m,
-            signature,
-        })
-        .collect();
-    let started = Instant::now();
-    let mut verified = 0u64;
-    while started.elapsed() < duration {
-        verify_batch(&entries).expect("valid signatures");
-        verified += N as u64;
-    }
-    verified as f64 / started.elapsed().as_secs_f64()
+    stele_consensus::batch_verification_rate(1, 1024, duration)
 }
 
 fn print_row(r: &RunResult) {
