@@ -31,8 +31,7 @@ use stele_ledger::{
     StoreOptions, Transaction, validate_block,
 };
 
-/// The allocator the node binary uses: the tree allocates a page copy per changed page,
-/// and glibc's allocator spends more time on that than the hashing does.
+/// The allocator the node binary uses: the tree allocates a few nodes per changed key.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -261,30 +260,22 @@ fn bench_smt(c: &mut Criterion) {
         .check_integrity()
         .expect("store integrity after the bench");
     eprintln!(
-        "after bench: {} values, {} pages, height {}",
-        report.values, report.pages, report.height
+        "after bench: {} values, {} kept heights, height {}",
+        report.values, report.versions, report.height
     );
 }
 
-/// The same tree update with pages in memory and nothing written: the tree's own CPU
-/// cost, apart from storage.
+/// The same tree update with nothing written: the tree's own CPU cost, apart from
+/// storage (each update makes a new version, as a block's execution does, and drops
+/// it).
 fn bench_smt_memory(c: &mut Criterion) {
     let accounts = accounts_in_state();
-    let mut pages = stele_ledger::smt::MemoryPages::default();
     let mut rng = StdRng::seed_from_u64(9);
-    for chunk in (0..accounts).collect::<Vec<_>>().chunks(100_000) {
-        let updates = chunk
-            .iter()
-            .map(|i| {
-                (
-                    StateBench::key(*i),
-                    Some(Hash::digest(&random_value(&mut rng))),
-                )
-            })
-            .collect();
-        let update = stele_ledger::smt::update(&pages, updates).expect("tree update");
-        pages.apply(&update.pages);
-    }
+    let tree = stele_ledger::smt::Tree::from_leaves(
+        (0..accounts)
+            .map(|i| (StateBench::key(i), random_value(&mut rng)))
+            .collect(),
+    );
     let mut group = c.benchmark_group("smt_memory");
     group.sample_size(20);
     for n in BATCH_SIZES {
@@ -295,16 +286,11 @@ fn bench_smt_memory(c: &mut Criterion) {
                     (0..n)
                         .map(|_| {
                             let i = rng.random_range(0..accounts);
-                            (
-                                StateBench::key(i),
-                                Some(Hash::digest(&random_value(&mut rng))),
-                            )
+                            (StateBench::key(i), Some(random_value(&mut rng)))
                         })
                         .collect::<Vec<_>>()
                 },
-                |updates| {
-                    black_box(stele_ledger::smt::update(&pages, updates).expect("tree update"))
-                },
+                |updates| black_box(tree.update(updates)),
                 BatchSize::PerIteration,
             )
         });

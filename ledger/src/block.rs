@@ -224,7 +224,7 @@ pub fn merkle_root(items: &[Hash]) -> Hash {
         let mut next = Vec::with_capacity(level.len().div_ceil(2));
         for pair in level.chunks(2) {
             next.push(match pair {
-                [left, right] => crate::smt::page::internal_hash(left, right),
+                [left, right] => crate::smt::hashing::internal_hash(left, right),
                 [single] => *single,
                 _ => unreachable!("chunks of two"),
             });
@@ -252,7 +252,7 @@ mod tests {
                 while k * 2 < n {
                     k *= 2;
                 }
-                crate::smt::page::internal_hash(
+                crate::smt::hashing::internal_hash(
                     &rfc6962_root(&items[..k]),
                     &rfc6962_root(&items[k..]),
                 )

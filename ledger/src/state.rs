@@ -6,14 +6,12 @@
 //! state holds the validator schedule (the set for the next height and changes
 //! waiting for their height) and the total supply, so a state root certifies all three.
 
-use std::collections::HashMap;
-
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 use stele_consensus::{Hash, PublicKey, Validator, ValidatorSet, ValidatorSetError};
 
 use crate::error::LedgerError;
-use crate::smt::{self, MemoryPages, PageChange, PageId, PageSource, SharedPage};
+use crate::smt::Tree;
 use crate::tx::Role;
 
 /// What a state key names.
@@ -205,13 +203,12 @@ impl ValidatorSchedule {
     }
 }
 
-/// Read access to a committed state: values by key, and tree pages.
-pub trait StateReader: PageSource {
+/// Read access to a committed state: values by key, and its tree.
+pub trait StateReader {
     /// The value stored under `key`.
     fn value(&self, key: &Hash) -> Result<Option<Vec<u8>>, LedgerError>;
 
-    /// The values stored under `keys`, in order. Stores override this with one batched
-    /// read, which costs much less per key than separate reads.
+    /// The values stored under `keys`, in order.
     fn values(&self, keys: &[Hash]) -> Result<Vec<Option<Vec<u8>>>, LedgerError> {
         keys.iter().map(|k| self.value(k)).collect()
     }
@@ -219,9 +216,12 @@ pub trait StateReader: PageSource {
     /// The version (height) this state is at.
     fn version(&self) -> u64;
 
+    /// The state tree of this version (a cheap, shared handle).
+    fn tree(&self) -> Result<Tree, LedgerError>;
+
     /// The state root at this version.
     fn root(&self) -> Result<Hash, LedgerError> {
-        smt::root_hash(self)
+        Ok(self.tree()?.root_hash())
     }
 
     /// Reads and decodes a value.
@@ -262,8 +262,8 @@ pub struct StateDelta {
     pub root: Hash,
     /// Changed values, sorted by key.
     pub values: Vec<ValueChange>,
-    /// Changed tree pages.
-    pub pages: Vec<PageChange>,
+    /// The state tree after it (sharing what did not change with the tree before).
+    pub tree: Tree,
 }
 
 impl StateDelta {
@@ -285,18 +285,14 @@ impl StateDelta {
             }
         });
         values.retain(|v| v.old != v.new);
-        let updates: Vec<(Hash, Option<Hash>)> = values
-            .iter()
-            .map(|v| (v.key, v.new.as_deref().map(value_hash)))
-            .collect();
-        let base_root = state.root()?;
-        let tree = smt::update(state, updates)?;
+        let base = state.tree()?;
+        let tree = base.update(values.iter().map(|v| (v.key, v.new.clone())).collect());
         Ok(StateDelta {
             version,
-            base_root,
-            root: tree.root,
+            base_root: base.root_hash(),
+            root: tree.root_hash(),
             values,
-            pages: tree.pages,
+            tree,
         })
     }
 }
@@ -305,8 +301,7 @@ impl StateDelta {
 #[derive(Clone, Debug, Default)]
 pub struct MemoryState {
     version: u64,
-    values: HashMap<Hash, Vec<u8>>,
-    pages: MemoryPages,
+    tree: Tree,
 }
 
 impl MemoryState {
@@ -324,39 +319,27 @@ impl MemoryState {
                 got: delta.base_root,
             });
         }
-        for change in &delta.values {
-            match &change.new {
-                Some(value) => {
-                    self.values.insert(change.key, value.clone());
-                }
-                None => {
-                    self.values.remove(&change.key);
-                }
-            }
-        }
-        self.pages.apply(&delta.pages);
+        self.tree = delta.tree.clone();
         self.version = delta.version;
         Ok(())
     }
 
-    /// Number of values held.
+    /// Number of values held (walks the whole tree).
     pub fn value_count(&self) -> usize {
-        self.values.len()
-    }
-}
-
-impl PageSource for MemoryState {
-    fn page(&self, id: &PageId) -> Result<Option<SharedPage>, LedgerError> {
-        self.pages.page(id)
+        self.tree.len()
     }
 }
 
 impl StateReader for MemoryState {
     fn value(&self, key: &Hash) -> Result<Option<Vec<u8>>, LedgerError> {
-        Ok(self.values.get(key).cloned())
+        Ok(self.tree.get(key).map(<[u8]>::to_vec))
     }
 
     fn version(&self) -> u64 {
         self.version
+    }
+
+    fn tree(&self) -> Result<Tree, LedgerError> {
+        Ok(self.tree.clone())
     }
 }

@@ -3,10 +3,11 @@
 
 use proptest::prelude::*;
 use stele_consensus::Hash;
-use stele_ledger::smt::{self, MemoryPages, SparseMerkleProof};
+use stele_ledger::smt::{self, SparseMerkleProof, Tree};
+use stele_ledger::value_hash;
 
 /// Keys from a small space collide often (updates of the same key); some share long
-/// prefixes (deep pages); the rest are spread out.
+/// prefixes (long chains of internal nodes); the rest are spread out.
 fn key_strategy() -> impl Strategy<Value = Hash> {
     prop_oneof![
         (0u16..64).prop_map(|i| Hash::digest(&i.to_le_bytes())),
@@ -20,33 +21,31 @@ fn key_strategy() -> impl Strategy<Value = Hash> {
     ]
 }
 
-/// An update: a key and a new value hash, or `None` to delete it.
-fn updates_strategy() -> impl Strategy<Value = Vec<(Hash, Option<Hash>)>> {
+type Update = (Hash, Option<Vec<u8>>);
+
+/// An update: a key and a new value, or `None` to delete it.
+fn updates_strategy() -> impl Strategy<Value = Vec<Update>> {
     prop::collection::vec(
         (
             key_strategy(),
-            prop::option::weighted(
-                0.8,
-                any::<u64>().prop_map(|v| Hash::digest(&v.to_le_bytes())),
-            ),
+            prop::option::weighted(0.8, prop::collection::vec(any::<u8>(), 0..40)),
         ),
         0..200,
     )
 }
 
-fn apply(pages: &mut MemoryPages, updates: Vec<(Hash, Option<Hash>)>) -> Hash {
-    let update = smt::update(pages, updates).unwrap();
-    pages.apply(&update.pages);
-    update.root
+fn apply(tree: &mut Tree, updates: Vec<Update>) -> Hash {
+    *tree = tree.update(updates);
+    tree.root_hash()
 }
 
 /// The final contents after applying updates in order (last write wins).
-fn final_leaves(updates: &[(Hash, Option<Hash>)]) -> Vec<(Hash, Hash)> {
+fn final_values(updates: &[Update]) -> Vec<(Hash, Vec<u8>)> {
     let mut map = std::collections::BTreeMap::new();
     for (k, v) in updates {
         match v {
             Some(v) => {
-                map.insert(*k, *v);
+                map.insert(*k, v.clone());
             }
             None => {
                 map.remove(k);
@@ -54,6 +53,14 @@ fn final_leaves(updates: &[(Hash, Option<Hash>)]) -> Vec<(Hash, Hash)> {
         }
     }
     map.into_iter().collect()
+}
+
+/// The final contents as (key, value hash), what the reference root takes.
+fn final_leaves(updates: &[Update]) -> Vec<(Hash, Hash)> {
+    final_values(updates)
+        .into_iter()
+        .map(|(k, v)| (k, value_hash(&v)))
+        .collect()
 }
 
 proptest! {
@@ -67,38 +74,48 @@ proptest! {
         seed in any::<u64>(),
     ) {
         // All at once.
-        let mut one_batch = MemoryPages::default();
+        let mut one_batch = Tree::new();
         let root_one = apply(&mut one_batch, updates.clone());
 
-        // In several batches, in the same order.
+        // In several batches, in the same order, keeping every version.
         let mut positions: Vec<usize> = cuts.iter().map(|i| i.index(updates.len() + 1)).collect();
         positions.sort_unstable();
-        let mut batched = MemoryPages::default();
+        let mut batched = Tree::new();
         let mut start = 0;
         let mut root_batched = Hash::ZERO;
+        let mut versions = Vec::new();
         for end in positions.into_iter().chain([updates.len()]) {
             root_batched = apply(&mut batched, updates[start..end].to_vec());
+            versions.push((end, batched.clone()));
             start = end;
         }
 
         // The final contents inserted in a shuffled order, with no deletions.
-        let mut leaves = final_leaves(&updates);
-        let mut shuffled = leaves.clone();
+        let values = final_values(&updates);
+        let mut shuffled = values.clone();
         let mut rng = seed;
         for i in (1..shuffled.len()).rev() {
             rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             shuffled.swap(i, (rng >> 33) as usize % (i + 1));
         }
-        let mut fresh = MemoryPages::default();
+        let mut fresh = Tree::new();
         let root_fresh = apply(&mut fresh, shuffled.into_iter().map(|(k, v)| (k, Some(v))).collect());
 
-        let reference = smt::root_from_leaves(&mut leaves);
+        let reference = smt::root_from_leaves(&mut final_leaves(&updates));
         prop_assert_eq!(root_one, reference);
         prop_assert_eq!(root_batched, reference);
         prop_assert_eq!(root_fresh, reference);
-        // Storage is canonical too: the same pages whatever the history.
-        prop_assert_eq!(one_batch.len(), fresh.len());
-        prop_assert_eq!(batched.len(), fresh.len());
+        prop_assert_eq!(Tree::from_leaves(values.clone()).root_hash(), reference);
+        // Later updates leave every earlier version as it was.
+        for (end, version) in versions {
+            prop_assert_eq!(
+                version.root_hash(),
+                smt::root_from_leaves(&mut final_leaves(&updates[..end]))
+            );
+            let contents: Vec<(Hash, Vec<u8>)> =
+                version.iter().map(|(k, v)| (*k, v.to_vec())).collect();
+            prop_assert_eq!(contents, final_values(&updates[..end]));
+        }
     }
 
     /// Every present key has a verifying inclusion proof, every absent key a verifying
@@ -108,12 +125,12 @@ proptest! {
         updates in updates_strategy(),
         absent in prop::collection::vec(key_strategy(), 1..20),
     ) {
-        let mut pages = MemoryPages::default();
-        let root = apply(&mut pages, updates.clone());
+        let mut tree = Tree::new();
+        let root = apply(&mut tree, updates.clone());
         let leaves = final_leaves(&updates);
         let other_root = Hash::digest(root.as_bytes());
         for (key, value) in &leaves {
-            let proof = smt::prove(&pages, key).unwrap();
+            let proof = tree.prove(key);
             prop_assert!(proof.verify(&root, key, Some(value)).is_ok());
             prop_assert!(proof.verify(&other_root, key, Some(value)).is_err());
             prop_assert!(proof.verify(&root, key, None).is_err());
@@ -124,7 +141,8 @@ proptest! {
             if leaves.iter().any(|(k, _)| k == key) {
                 continue;
             }
-            let proof = smt::prove(&pages, key).unwrap();
+            prop_assert!(tree.get(key).is_none());
+            let proof = tree.prove(key);
             prop_assert!(proof.verify(&root, key, None).is_ok());
             prop_assert!(proof.verify(&other_root, key, None).is_err());
             prop_assert!(proof.verify(&root, key, Some(&Hash::digest(b"v"))).is_err());
@@ -139,15 +157,15 @@ proptest! {
         probe in key_strategy(),
         flip in 1u8..=255,
     ) {
-        let mut pages = MemoryPages::default();
-        let root = apply(&mut pages, updates.clone());
+        let mut tree = Tree::new();
+        let root = apply(&mut tree, updates.clone());
         let leaves = final_leaves(&updates);
         let mut cases: Vec<(Hash, Option<Hash>)> = leaves.iter().take(3).map(|(k, v)| (*k, Some(*v))).collect();
         if !leaves.iter().any(|(k, _)| *k == probe) {
             cases.push((probe, None));
         }
         for (key, value) in cases {
-            let proof = smt::prove(&pages, &key).unwrap();
+            let proof = tree.prove(&key);
             prop_assert!(proof.verify(&root, &key, value.as_ref()).is_ok());
             let bytes = borsh::to_vec(&proof).unwrap();
             for i in 0..bytes.len() {
@@ -166,9 +184,9 @@ proptest! {
 
 #[test]
 fn empty_tree_proves_absence() {
-    let pages = MemoryPages::default();
+    let tree = Tree::new();
     let key = Hash::digest(b"k");
-    let proof = smt::prove(&pages, &key).unwrap();
+    let proof = tree.prove(&key);
     assert!(proof.siblings.is_empty() && proof.leaf.is_none());
     proof.verify(&Hash::ZERO, &key, None).unwrap();
 }

@@ -14,7 +14,6 @@ fn options(kept: u64) -> StoreOptions {
         state_versions_kept: kept,
         sync_writes: false,
         block_cache_bytes: 8 << 20,
-        ..StoreOptions::default()
     }
 }
 

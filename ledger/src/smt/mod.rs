@@ -1,4 +1,5 @@
-//! A binary sparse Merkle tree over 256-bit keys, with compressed empty subtrees.
+//! A binary sparse Merkle tree over 256-bit keys, with compressed empty subtrees, held
+//! in memory as a persistent (immutable, structurally shared) tree.
 //!
 //! # Shape
 //!
@@ -7,356 +8,367 @@
 //! (as in Diem's and Aptos' Jellyfish Merkle tree), so a tree of `n` keys is about
 //! `log2(n)` levels deep rather than 256:
 //!
-//! - leaf: `H(0x00 || key || value_hash)`;
+//! - leaf: `H(0x00 || key || value_hash)`, where `value_hash` is
+//!   [`crate::state::value_hash`] of the value bytes;
 //! - internal node: `H(0x01 || left || right)`, never with one leaf and one empty child.
 //!
-//! The root therefore depends only on the set of (key, value hash) pairs: not on the
-//! order or batching of updates, nor on how the tree is stored.
+//! The root therefore depends only on the set of (key, value) pairs: not on the order
+//! or batching of updates, nor on how the tree is held. [`root_from_leaves`] computes
+//! it straight from that definition, as the reference the tree is tested against.
 //!
-//! # Storage
+//! # Representation
 //!
-//! The tree is stored in [`page::Page`]s of four levels each. [`update`] applies a sorted
-//! batch of changes against any [`PageSource`] without modifying it and returns the new
-//! root with the list of page changes; the caller persists those (one write batch per
-//! block) and keeps the old pages for history. [`prove`] walks pages to build a
-//! [`SparseMerkleProof`] that [`SparseMerkleProof::verify`] checks against the root alone.
+//! A [`Tree`] is a value: [`Tree::update`] returns a new tree and leaves the old one as
+//! it was, sharing every subtree the update did not touch (path copying, as in
+//! persistent data structures and Diem's in-memory speculative tree). So the state a
+//! proposal would produce, the committed state, and each of the last K committed
+//! versions exist side by side, each costing only the nodes it changed (for a batch of
+//! `b` random keys in a tree of `n`, about `b * (log2(n / b) + 2)` new nodes), and a
+//! version is dropped by dropping its root. Leaves hold the value bytes, so a version
+//! answers reads and proofs by itself.
+//!
+//! Why memory rather than tree nodes on disk: the tree is a function of the stored
+//! values, and writing its nodes is most of what a block would otherwise write (about
+//! 1 KiB per updated key when this tree was stored in pages of four levels, which
+//! capped committed updates at half the rate of a single core's signature checks). The
+//! store keeps the values and rebuilds the tree from them when it opens; see
+//! [`crate::store`].
 
-pub mod page;
+pub mod hashing;
 mod proof;
 
 use std::sync::Arc;
 
 use stele_consensus::Hash;
 
-pub use page::{Page, PageId, SharedPage};
 pub use proof::{ProofLeaf, SparseMerkleProof};
 
-use page::{NodeSummary, PAGE_DEPTH_MAX, SLOTS, Slot, key_bit, leaf_hash, slot_of};
+use hashing::{internal_hash, key_bit, leaf_hash};
 
-use crate::error::LedgerError;
+use crate::state::value_hash;
 
-/// Where the tree reads its pages from: a database with a cache, a historical view, or
-/// memory.
-pub trait PageSource {
-    /// The page `id`, or `None` if no such page exists.
-    fn page(&self, id: &PageId) -> Result<Option<SharedPage>, LedgerError>;
+/// A version of the state tree. Cloning is cheap (one reference count).
+#[derive(Clone, Default)]
+pub struct Tree {
+    root: Node,
 }
 
-/// One page written or removed by an update, with its previous content.
-#[derive(Clone, Debug)]
-pub struct PageChange {
-    /// Which page.
-    pub id: PageId,
-    /// Content before the update (`None`: the page did not exist).
-    pub old: Option<SharedPage>,
-    /// Content after the update (`None`: the page is removed).
-    pub new: Option<SharedPage>,
-}
-
-/// The outcome of [`update`]: the new root and every page that changed.
-#[derive(Clone, Debug)]
-pub struct TreeUpdate {
-    /// Root hash after the update.
-    pub root: Hash,
-    /// Changed pages, parents after children.
-    pub pages: Vec<PageChange>,
-}
-
-/// The page `id`, which a slot of its parent references: its absence means the store
-/// is corrupt.
-pub fn child_page<S: PageSource + ?Sized>(
-    source: &S,
-    id: &PageId,
-) -> Result<SharedPage, LedgerError> {
-    source.page(id)?.ok_or_else(|| LedgerError::Corrupt {
-        what: format!("state page {id:?} is referenced but missing"),
-    })
-}
-
-/// The root hash stored in `source`.
-pub fn root_hash<S: PageSource + ?Sized>(source: &S) -> Result<Hash, LedgerError> {
-    Ok(source
-        .page(&PageId::ROOT)?
-        .map_or(Hash::ZERO, |p| p.root().hash()))
-}
-
-/// Applies `updates` (key, new value hash or `None` to delete) to the tree in `source`
-/// and returns the new root and page changes. `source` is not modified. If a key
-/// appears more than once, the last entry wins.
-pub fn update<S: PageSource + ?Sized>(
-    source: &S,
-    mut updates: Vec<(Hash, Option<Hash>)>,
-) -> Result<TreeUpdate, LedgerError> {
-    // Stable sort keeps equal keys in input order; keep the last of each run.
-    updates.sort_by_key(|u| u.0);
-    let mut deduped: Vec<(Hash, Option<Hash>)> = Vec::with_capacity(updates.len());
-    for entry in updates {
-        match deduped.last_mut() {
-            Some(last) if last.0 == entry.0 => *last = entry,
-            _ => deduped.push(entry),
-        }
+impl std::fmt::Debug for Tree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tree")
+            .field("root", &self.root_hash())
+            .finish_non_exhaustive()
     }
-    let base = source.page(&PageId::ROOT)?;
-    let mut pages = Vec::new();
-    let outcome = if deduped.is_empty() {
-        base.as_ref().map_or(Subtree::Empty, |p| Subtree::of(p))
-    } else {
-        update_page(source, PageId::ROOT, base, &deduped, &mut pages)?
-    };
-    Ok(TreeUpdate {
-        root: outcome.hash(),
-        pages,
-    })
 }
 
-/// A subtree as its parent sees it.
-enum Subtree {
+/// A subtree.
+#[derive(Clone, Default)]
+enum Node {
+    #[default]
     Empty,
-    Leaf { key: Hash, value_hash: Hash },
-    Internal { hash: Hash },
+    Leaf(Arc<Leaf>),
+    Internal(Arc<Internal>),
 }
 
-impl Subtree {
-    fn of(page: &Page) -> Subtree {
-        match page.root() {
-            NodeSummary::Empty => Subtree::Empty,
-            NodeSummary::Leaf { slot, .. } => match page.slot(slot as usize) {
-                Slot::Leaf { key, value_hash } => Subtree::Leaf {
-                    key: *key,
-                    value_hash: *value_hash,
-                },
-                _ => unreachable!("a leaf summary points at a leaf slot"),
-            },
-            NodeSummary::Internal { hash } => Subtree::Internal { hash },
+struct Leaf {
+    key: Hash,
+    /// `leaf_hash(key, value_hash(value))`.
+    hash: Hash,
+    value: LeafValue,
+}
+
+/// Bytes up to this long are kept inside the leaf (an account is 17): one allocation
+/// and one cache miss less per leaf read, written and freed.
+const INLINE_VALUE_BYTES: usize = 30;
+
+enum LeafValue {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_VALUE_BYTES],
+    },
+    Heap(Box<[u8]>),
+}
+
+impl LeafValue {
+    fn new(value: Vec<u8>) -> LeafValue {
+        if value.len() <= INLINE_VALUE_BYTES {
+            let mut bytes = [0u8; INLINE_VALUE_BYTES];
+            bytes[..value.len()].copy_from_slice(&value);
+            LeafValue::Inline {
+                len: value.len() as u8,
+                bytes,
+            }
+        } else {
+            LeafValue::Heap(value.into_boxed_slice())
         }
     }
 
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            LeafValue::Inline { len, bytes } => &bytes[..*len as usize],
+            LeafValue::Heap(bytes) => bytes,
+        }
+    }
+}
+
+/// Two subtrees, not one leaf beside an empty one (that leaf would move up).
+struct Internal {
+    hash: Hash,
+    left: Node,
+    right: Node,
+}
+
+impl Node {
     fn hash(&self) -> Hash {
         match self {
-            Subtree::Empty => Hash::ZERO,
-            Subtree::Leaf { key, value_hash } => leaf_hash(key, value_hash),
-            Subtree::Internal { hash } => *hash,
+            Node::Empty => Hash::ZERO,
+            Node::Leaf(leaf) => leaf.hash,
+            Node::Internal(node) => node.hash,
+        }
+    }
+
+    fn leaf(key: Hash, value: Vec<u8>) -> Node {
+        let hash = leaf_hash(&key, &value_hash(&value));
+        Node::Leaf(Arc::new(Leaf {
+            key,
+            hash,
+            value: LeafValue::new(value),
+        }))
+    }
+
+    /// The parent of `left` and `right`, compressing as the shape requires.
+    fn join(left: Node, right: Node) -> Node {
+        match (&left, &right) {
+            (Node::Empty, Node::Empty) => Node::Empty,
+            (Node::Leaf(_), Node::Empty) => left,
+            (Node::Empty, Node::Leaf(_)) => right,
+            _ => Node::Internal(Arc::new(Internal {
+                hash: internal_hash(&left.hash(), &right.hash()),
+                left,
+                right,
+            })),
+        }
+    }
+
+    /// Whether both are the very same subtree (not merely equal).
+    fn same(&self, other: &Node) -> bool {
+        match (self, other) {
+            (Node::Empty, Node::Empty) => true,
+            (Node::Leaf(a), Node::Leaf(b)) => Arc::ptr_eq(a, b),
+            (Node::Internal(a), Node::Internal(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    fn leaf_key(&self) -> &Hash {
+        match self {
+            Node::Leaf(leaf) => &leaf.key,
+            _ => unreachable!("only leaves are merged and built"),
         }
     }
 }
 
-/// Applies `updates` (sorted, distinct, all below `id`) to the page `id` whose current
-/// content is `base`, recording page changes.
-fn update_page<S: PageSource + ?Sized>(
-    source: &S,
-    id: PageId,
-    base: Option<SharedPage>,
-    updates: &[(Hash, Option<Hash>)],
-    changes: &mut Vec<PageChange>,
-) -> Result<Subtree, LedgerError> {
-    let empty = Page::default();
-    let current: &Page = base.as_deref().unwrap_or(&empty);
-    // New contents of the slots that change, computed before the page is copied.
-    let mut changed: [(u8, Slot); SLOTS] = [(0, Slot::Empty); SLOTS];
-    let mut changed_count = 0;
-    let mut start = 0;
-    while start < updates.len() {
-        let slot = slot_of(&updates[start].0, id.depth());
-        let end = start
-            + updates[start..]
-                .iter()
-                .take_while(|(key, _)| slot_of(key, id.depth()) == slot)
-                .count();
-        let content = update_slot(
-            source,
-            id,
-            slot,
-            *current.slot(slot),
-            &updates[start..end],
-            changes,
-        )?;
-        if content != *current.slot(slot) {
-            changed[changed_count] = (slot as u8, content);
-            changed_count += 1;
-        }
-        start = end;
-    }
-    if changed_count == 0 {
-        return Ok(base.as_ref().map_or(Subtree::Empty, |p| Subtree::of(p)));
-    }
-    // One copy, straight into the new page's allocation (the base is shared).
-    let mut new_page = base.clone().unwrap_or_else(|| Arc::new(Page::default()));
-    let page = Arc::make_mut(&mut new_page);
-    let mut dirty: u32 = 0;
-    for (slot, content) in &changed[..changed_count] {
-        page.set_slot(*slot as usize, *content);
-        dirty |= 1 << slot;
-    }
-    page.rehash(dirty);
-    let outcome = Subtree::of(page);
-    // A page exists only while it is needed: a non-root page holds two or more leaves
-    // (one leaf moves up into its parent's slot); the root page holds any non-empty tree.
-    let keep = match outcome {
-        Subtree::Empty => false,
-        Subtree::Leaf { .. } => id == PageId::ROOT,
-        Subtree::Internal { .. } => true,
-    };
-    let new = keep.then_some(new_page);
-    if base.is_some() || new.is_some() {
-        changes.push(PageChange { id, old: base, new });
-    }
-    Ok(outcome)
-}
+/// A change to the tree: a key and its new value, `None` to remove it.
+pub type TreeChange = (Hash, Option<Vec<u8>>);
 
-fn update_slot<S: PageSource + ?Sized>(
-    source: &S,
-    id: PageId,
-    slot: usize,
-    current: Slot,
-    updates: &[(Hash, Option<Hash>)],
-    changes: &mut Vec<PageChange>,
-) -> Result<Slot, LedgerError> {
-    let existing = match current {
-        Slot::Child { .. } => {
-            let child_id = id.child(slot);
-            let child = child_page(source, &child_id)?;
-            return Ok(
-                match update_page(source, child_id, Some(child), updates, changes)? {
-                    Subtree::Empty => Slot::Empty,
-                    Subtree::Leaf { key, value_hash } => Slot::Leaf { key, value_hash },
-                    Subtree::Internal { hash } => Slot::Child { hash },
-                },
-            );
-        }
-        Slot::Leaf { key, value_hash } => Some((key, value_hash)),
-        Slot::Empty => None,
-    };
-    // The common case, one key updated in the slot that holds it (or an empty slot),
-    // needs no merging.
-    if let [(key, value)] = updates {
-        match (existing, value) {
-            (None, None) => return Ok(Slot::Empty),
-            (None, Some(value_hash)) => {
-                return Ok(Slot::Leaf {
-                    key: *key,
-                    value_hash: *value_hash,
-                });
-            }
-            (Some((old_key, _)), Some(value_hash)) if old_key == *key => {
-                return Ok(Slot::Leaf {
-                    key: *key,
-                    value_hash: *value_hash,
-                });
-            }
-            (Some((old_key, _)), None) if old_key == *key => return Ok(Slot::Empty),
-            (Some(_), None) => return Ok(current),
-            (Some(_), Some(_)) => {}
-        }
+impl Tree {
+    /// The empty tree.
+    pub fn new() -> Tree {
+        Tree::default()
     }
-    let merged = merge_leaf(existing, updates);
-    match merged.as_slice() {
-        [] => Ok(Slot::Empty),
-        [(key, value_hash)] => Ok(Slot::Leaf {
-            key: *key,
-            value_hash: *value_hash,
-        }),
-        _ => {
-            // Two distinct keys cannot share a slot of the last page level.
-            assert!(
-                id.depth() < PAGE_DEPTH_MAX,
-                "distinct keys in one final slot"
-            );
-            let inserts: Vec<(Hash, Option<Hash>)> =
-                merged.into_iter().map(|(k, v)| (k, Some(v))).collect();
-            match update_page(source, id.child(slot), None, &inserts, changes)? {
-                Subtree::Internal { hash } => Ok(Slot::Child { hash }),
-                _ => unreachable!("two or more leaves always make an internal node"),
-            }
-        }
-    }
-}
 
-/// The leaves of a slot after applying `updates` to its current leaf, sorted by key.
-fn merge_leaf(
-    existing: Option<(Hash, Hash)>,
-    updates: &[(Hash, Option<Hash>)],
-) -> Vec<(Hash, Hash)> {
-    let mut out: Vec<(Hash, Hash)> = Vec::with_capacity(updates.len() + 1);
-    let mut existing = existing;
-    for (key, value) in updates {
-        if let Some((old_key, old_value)) = existing
-            && old_key <= *key
-        {
-            if old_key < *key {
-                out.push((old_key, old_value));
-            }
-            existing = None;
-        }
-        if let Some(value) = value {
-            out.push((*key, *value));
-        }
+    /// The tree holding exactly `leaves` (key, value). If a key appears more than
+    /// once, the last entry wins.
+    pub fn from_leaves(leaves: Vec<(Hash, Vec<u8>)>) -> Tree {
+        Tree::new().update(leaves.into_iter().map(|(k, v)| (k, Some(v))).collect())
     }
-    if let Some(leaf) = existing {
-        out.push(leaf);
-    }
-    out
-}
 
-/// Builds the proof for `key` from the pages in `source`.
-pub fn prove<S: PageSource + ?Sized>(
-    source: &S,
-    key: &Hash,
-) -> Result<SparseMerkleProof, LedgerError> {
-    let mut siblings = Vec::new();
-    let Some(mut page) = source.page(&PageId::ROOT)? else {
-        return Ok(SparseMerkleProof {
-            leaf: None,
-            siblings,
-        });
-    };
-    let mut id = PageId::ROOT;
-    loop {
-        let mut node = 1;
-        let mut depth = id.depth();
+    /// The root hash ([`Hash::ZERO`] when empty).
+    pub fn root_hash(&self) -> Hash {
+        self.root.hash()
+    }
+
+    /// Whether the tree holds no key.
+    pub fn is_empty(&self) -> bool {
+        matches!(self.root, Node::Empty)
+    }
+
+    /// The value stored under `key`.
+    pub fn get(&self, key: &Hash) -> Option<&[u8]> {
+        let mut node = &self.root;
+        let mut depth = 0;
         loop {
-            match page.summary(node) {
-                NodeSummary::Empty => {
-                    return Ok(SparseMerkleProof {
+            match node {
+                Node::Empty => return None,
+                Node::Leaf(leaf) => return (leaf.key == *key).then_some(leaf.value.as_slice()),
+                Node::Internal(internal) => {
+                    node = if key_bit(key, depth) {
+                        &internal.right
+                    } else {
+                        &internal.left
+                    };
+                    depth += 1;
+                }
+            }
+        }
+    }
+
+    /// The tree with `changes` applied; `self` is unchanged. If a key appears more than
+    /// once, the last entry wins.
+    pub fn update(&self, mut changes: Vec<TreeChange>) -> Tree {
+        // A stable sort keeps equal keys in input order; keep the last of each run.
+        changes.sort_by_key(|change| change.0);
+        changes.reverse();
+        changes.dedup_by_key(|change| change.0);
+        changes.reverse();
+        Tree {
+            root: update_node(&self.root, 0, &mut changes),
+        }
+    }
+
+    /// The proof of `key`'s value, or of its absence.
+    pub fn prove(&self, key: &Hash) -> SparseMerkleProof {
+        let mut siblings = Vec::new();
+        let mut node = &self.root;
+        let mut depth = 0;
+        loop {
+            match node {
+                Node::Empty => {
+                    return SparseMerkleProof {
                         leaf: None,
                         siblings,
-                    });
-                }
-                NodeSummary::Leaf { slot, .. } => {
-                    let Slot::Leaf { key, value_hash } = *page.slot(slot as usize) else {
-                        unreachable!("a leaf summary points at a leaf slot")
                     };
-                    return Ok(SparseMerkleProof {
-                        leaf: Some(ProofLeaf { key, value_hash }),
+                }
+                Node::Leaf(leaf) => {
+                    return SparseMerkleProof {
+                        leaf: Some(ProofLeaf {
+                            key: leaf.key,
+                            value_hash: value_hash(leaf.value.as_slice()),
+                        }),
                         siblings,
-                    });
-                }
-                NodeSummary::Internal { .. } if node >= SLOTS => break,
-                NodeSummary::Internal { .. } => {
-                    let right = key_bit(key, depth);
-                    let (next, sibling) = if right {
-                        (2 * node + 1, 2 * node)
-                    } else {
-                        (2 * node, 2 * node + 1)
                     };
-                    siblings.push(page.summary(sibling).hash());
+                }
+                Node::Internal(internal) => {
+                    let (next, sibling) = if key_bit(key, depth) {
+                        (&internal.right, &internal.left)
+                    } else {
+                        (&internal.left, &internal.right)
+                    };
+                    siblings.push(sibling.hash());
                     node = next;
                     depth += 1;
                 }
             }
         }
-        id = id.child(node - SLOTS);
-        page = child_page(source, &id)?;
+    }
+
+    /// Every (key, value), in key order.
+    pub fn iter(&self) -> TreeIter<'_> {
+        TreeIter {
+            stack: vec![&self.root],
+        }
+    }
+
+    /// Number of keys held (walks the whole tree).
+    pub fn len(&self) -> usize {
+        self.iter().count()
     }
 }
 
-/// The value hash stored under `key`, if any.
-pub fn lookup<S: PageSource + ?Sized>(source: &S, key: &Hash) -> Result<Option<Hash>, LedgerError> {
-    let proof = prove(source, key)?;
-    Ok(proof.leaf.filter(|l| l.key == *key).map(|l| l.value_hash))
+/// Iterator over a tree's leaves in key order.
+pub struct TreeIter<'a> {
+    stack: Vec<&'a Node>,
 }
 
-/// The root of the tree holding exactly `leaves`, computed directly from the definition
-/// with no pages. The reference the paged implementation is tested and checked against.
+impl<'a> Iterator for TreeIter<'a> {
+    type Item = (&'a Hash, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while let Some(node) = self.stack.pop() {
+            match node {
+                Node::Empty => {}
+                Node::Leaf(leaf) => return Some((&leaf.key, leaf.value.as_slice())),
+                Node::Internal(internal) => {
+                    self.stack.push(&internal.right);
+                    self.stack.push(&internal.left);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Applies `changes` (sorted, distinct keys, all below `node`, which sits at `depth`).
+/// Values are moved out of `changes` into the new leaves.
+fn update_node(node: &Node, depth: usize, changes: &mut [TreeChange]) -> Node {
+    if changes.is_empty() {
+        return node.clone();
+    }
+    match node {
+        Node::Internal(internal) => {
+            assert!(depth < 256, "an internal node below the last key bit");
+            let split = changes.partition_point(|(key, _)| !key_bit(key, depth));
+            let (left_changes, right_changes) = changes.split_at_mut(split);
+            let left = update_node(&internal.left, depth + 1, left_changes);
+            let right = update_node(&internal.right, depth + 1, right_changes);
+            if left.same(&internal.left) && right.same(&internal.right) {
+                return node.clone();
+            }
+            Node::join(left, right)
+        }
+        Node::Empty => {
+            let leaves: Vec<Node> = changes
+                .iter_mut()
+                .filter_map(|(key, value)| value.take().map(|v| Node::leaf(*key, v)))
+                .collect();
+            build(depth, &leaves)
+        }
+        Node::Leaf(existing) => {
+            // The common case: the one key this leaf holds gets a new value.
+            if let [(key, value)] = changes
+                && *key == existing.key
+            {
+                return value.take().map_or(Node::Empty, |v| Node::leaf(*key, v));
+            }
+            let mut leaves = Vec::with_capacity(changes.len() + 1);
+            let mut kept = Some(node.clone());
+            for (key, value) in changes.iter_mut() {
+                if kept.is_some() && existing.key <= *key {
+                    // The existing leaf goes in order, unless a change names its key.
+                    let leaf = kept.take();
+                    if existing.key < *key {
+                        leaves.extend(leaf);
+                    }
+                }
+                if let Some(value) = value.take() {
+                    leaves.push(Node::leaf(*key, value));
+                }
+            }
+            leaves.extend(kept);
+            build(depth, &leaves)
+        }
+    }
+}
+
+/// The subtree at `depth` holding exactly `leaves` (sorted, distinct keys).
+fn build(depth: usize, leaves: &[Node]) -> Node {
+    match leaves {
+        [] => Node::Empty,
+        [leaf] => leaf.clone(),
+        _ => {
+            // Distinct keys differ in some bit, so this ends before depth 256.
+            assert!(depth < 256, "distinct keys with every bit equal");
+            let split = leaves.partition_point(|leaf| !key_bit(leaf.leaf_key(), depth));
+            Node::join(
+                build(depth + 1, &leaves[..split]),
+                build(depth + 1, &leaves[split..]),
+            )
+        }
+    }
+}
+
+/// The root of the tree holding exactly `leaves` (key, value hash), computed directly
+/// from the definition. The reference the tree is tested and checked against.
 pub fn root_from_leaves(leaves: &mut [(Hash, Hash)]) -> Hash {
     leaves.sort_by_key(|l| l.0);
     subtree_root(leaves, 0)
@@ -368,49 +380,11 @@ fn subtree_root(leaves: &[(Hash, Hash)], depth: usize) -> Hash {
         [(key, value_hash)] => leaf_hash(key, value_hash),
         _ => {
             let split = leaves.partition_point(|(key, _)| !key_bit(key, depth));
-            page::internal_hash(
+            internal_hash(
                 &subtree_root(&leaves[..split], depth + 1),
                 &subtree_root(&leaves[split..], depth + 1),
             )
         }
-    }
-}
-
-/// Pages held in memory; the page source for tests, audits and replays.
-#[derive(Clone, Debug, Default)]
-pub struct MemoryPages {
-    pages: std::collections::HashMap<PageId, SharedPage>,
-}
-
-impl MemoryPages {
-    /// Applies the page changes of an update.
-    pub fn apply(&mut self, changes: &[PageChange]) {
-        for change in changes {
-            match &change.new {
-                Some(page) => {
-                    self.pages.insert(change.id, page.clone());
-                }
-                None => {
-                    self.pages.remove(&change.id);
-                }
-            }
-        }
-    }
-
-    /// Number of pages held.
-    pub fn len(&self) -> usize {
-        self.pages.len()
-    }
-
-    /// Whether no page is held.
-    pub fn is_empty(&self) -> bool {
-        self.pages.is_empty()
-    }
-}
-
-impl PageSource for MemoryPages {
-    fn page(&self, id: &PageId) -> Result<Option<SharedPage>, LedgerError> {
-        Ok(self.pages.get(id).cloned())
     }
 }
 
@@ -422,75 +396,90 @@ mod tests {
         Hash::digest(&n.to_le_bytes())
     }
 
-    fn apply(pages: &mut MemoryPages, updates: Vec<(Hash, Option<Hash>)>) -> Hash {
-        let update = update(pages, updates).unwrap();
-        pages.apply(&update.pages);
-        update.root
+    fn v(n: u64) -> Vec<u8> {
+        n.to_le_bytes().to_vec()
+    }
+
+    fn reference(tree: &Tree) -> Hash {
+        let mut leaves: Vec<(Hash, Hash)> = tree.iter().map(|(k, v)| (*k, value_hash(v))).collect();
+        root_from_leaves(&mut leaves)
     }
 
     #[test]
     fn empty_and_single_leaf_roots() {
-        let mut pages = MemoryPages::default();
-        assert_eq!(root_hash(&pages).unwrap(), Hash::ZERO);
-        let root = apply(&mut pages, vec![(h(1), Some(h(10)))]);
-        assert_eq!(root, leaf_hash(&h(1), &h(10)));
-        assert_eq!(root_hash(&pages).unwrap(), root);
-        let root = apply(&mut pages, vec![(h(1), None)]);
-        assert_eq!(root, Hash::ZERO);
-        assert!(pages.is_empty());
+        let tree = Tree::new();
+        assert_eq!(tree.root_hash(), Hash::ZERO);
+        let one = tree.update(vec![(h(1), Some(v(10)))]);
+        assert_eq!(one.root_hash(), leaf_hash(&h(1), &value_hash(&v(10))));
+        assert_eq!(tree.root_hash(), Hash::ZERO, "the old version is unchanged");
+        let none = one.update(vec![(h(1), None)]);
+        assert!(none.is_empty());
+        assert_eq!(one.get(&h(1)), Some(&v(10)[..]));
     }
 
     #[test]
-    fn matches_reference_and_cleans_up_pages() {
-        let mut pages = MemoryPages::default();
-        let mut leaves: Vec<(Hash, Hash)> = (0..500).map(|i| (h(i), h(i + 1000))).collect();
-        let root = apply(
-            &mut pages,
-            leaves.iter().map(|(k, v)| (*k, Some(*v))).collect(),
-        );
-        assert_eq!(root, root_from_leaves(&mut leaves));
-        for (k, v) in &leaves {
-            assert_eq!(lookup(&pages, k).unwrap(), Some(*v));
+    fn matches_reference_and_empties_completely() {
+        let leaves: Vec<(Hash, Vec<u8>)> = (0..500).map(|i| (h(i), v(i + 1000))).collect();
+        let tree = Tree::from_leaves(leaves.clone());
+        assert_eq!(tree.root_hash(), reference(&tree));
+        assert_eq!(tree.len(), 500);
+        for (k, value) in &leaves {
+            assert_eq!(tree.get(k), Some(&value[..]));
         }
-        // Deleting everything leaves no page behind.
-        let root = apply(&mut pages, leaves.iter().map(|(k, _)| (*k, None)).collect());
-        assert_eq!(root, Hash::ZERO);
-        assert!(pages.is_empty(), "{} pages left", pages.len());
+        // Keys come back in order.
+        let keys: Vec<Hash> = tree.iter().map(|(k, _)| *k).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        let emptied = tree.update(leaves.iter().map(|(k, _)| (*k, None)).collect());
+        assert!(emptied.is_empty());
     }
 
     #[test]
     fn keys_sharing_long_prefixes() {
-        // Keys equal except in the last bits force pages down to the last level.
-        let mut pages = MemoryPages::default();
+        // Keys equal except in the last bits make a long chain of internal nodes.
         let mut leaves = Vec::new();
         for last in [0u8, 1, 2, 0x80, 0xff] {
             let mut bytes = [0x42u8; 32];
             bytes[31] = last;
-            leaves.push((Hash::from_bytes(bytes), h(u64::from(last))));
+            leaves.push((Hash::from_bytes(bytes), v(u64::from(last))));
         }
-        let root = apply(
-            &mut pages,
-            leaves.iter().map(|(k, v)| (*k, Some(*v))).collect(),
+        let tree = Tree::from_leaves(leaves.clone());
+        assert_eq!(tree.root_hash(), reference(&tree));
+        for (k, value) in &leaves {
+            let proof = tree.prove(k);
+            proof
+                .verify(&tree.root_hash(), k, Some(&value_hash(value)))
+                .unwrap();
+        }
+        // Removing all but one collapses the chain back to a lone leaf at the root.
+        let one = tree.update(leaves[1..].iter().map(|(k, _)| (*k, None)).collect());
+        assert_eq!(
+            one.root_hash(),
+            leaf_hash(&leaves[0].0, &value_hash(&leaves[0].1))
         );
-        assert_eq!(root, root_from_leaves(&mut leaves));
-        for (k, v) in &leaves {
-            let proof = prove(&pages, k).unwrap();
-            proof.verify(&root, k, Some(v)).unwrap();
-        }
     }
 
     #[test]
     fn last_entry_for_a_key_wins() {
-        let mut pages = MemoryPages::default();
-        let root = apply(
-            &mut pages,
-            vec![
-                (h(1), Some(h(2))),
-                (h(1), Some(h(3))),
-                (h(4), Some(h(5))),
-                (h(4), None),
-            ],
-        );
-        assert_eq!(root, leaf_hash(&h(1), &h(3)));
+        let tree = Tree::new().update(vec![
+            (h(1), Some(v(2))),
+            (h(1), Some(v(3))),
+            (h(4), Some(v(5))),
+            (h(4), None),
+        ]);
+        assert_eq!(tree.root_hash(), leaf_hash(&h(1), &value_hash(&v(3))));
+    }
+
+    #[test]
+    fn unchanged_subtrees_are_shared() {
+        let tree = Tree::from_leaves((0..64).map(|i| (h(i), v(i))).collect());
+        // Removing a key that is not there changes nothing at all.
+        let same = tree.update(vec![(h(1000), None)]);
+        assert!(same.root.same(&tree.root));
+        let changed = tree.update(vec![(h(3), Some(v(99)))]);
+        let (Node::Internal(a), Node::Internal(b)) = (&tree.root, &changed.root) else {
+            panic!("64 keys make an internal root");
+        };
+        // One side of the root holds h(3) and is new; the other is shared.
+        assert!(a.left.same(&b.left) != a.right.same(&b.right));
     }
 }

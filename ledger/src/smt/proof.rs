@@ -4,7 +4,7 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 use stele_consensus::Hash;
 
-use super::page::{internal_hash, key_bit, leaf_hash};
+use super::hashing::{internal_hash, key_bit, leaf_hash};
 use crate::error::ProofError;
 
 /// The leaf a proof ends at.
