@@ -764,12 +764,7 @@ impl StateReader for Store {
     }
 
     fn values(&self, keys: &[Hash]) -> Result<Vec<Option<Vec<u8>>>, LedgerError> {
-        let versions = read_lock(&self.versions);
-        let tree = versions.latest();
-        Ok(keys
-            .iter()
-            .map(|k| tree.get(k).map(<[u8]>::to_vec))
-            .collect())
+        Ok(read_lock(&self.versions).latest().get_many(keys))
     }
 
     fn version(&self) -> u64 {
@@ -794,10 +789,7 @@ impl StateReader for HistoricState {
     }
 
     fn values(&self, keys: &[Hash]) -> Result<Vec<Option<Vec<u8>>>, LedgerError> {
-        Ok(keys
-            .iter()
-            .map(|k| self.tree.get(k).map(<[u8]>::to_vec))
-            .collect())
+        Ok(self.tree.get_many(keys))
     }
 
     fn version(&self) -> u64 {
