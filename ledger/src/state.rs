@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use stele_consensus::{Hash, PublicKey, Validator, ValidatorSet, ValidatorSetError};
 
 use crate::error::LedgerError;
-use crate::smt::Tree;
+use crate::smt::{Tree, VersionChain};
 use crate::tx::Role;
 
 /// What a state key names.
@@ -298,10 +298,27 @@ impl StateDelta {
 }
 
 /// A whole state in memory: for audits, history verification and tests.
-#[derive(Clone, Debug, Default)]
 pub struct MemoryState {
     version: u64,
-    tree: Tree,
+    chain: VersionChain,
+}
+
+impl std::fmt::Debug for MemoryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryState")
+            .field("version", &self.version)
+            .field("root", &self.chain.latest().root_hash())
+            .finish()
+    }
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        MemoryState {
+            version: 0,
+            chain: VersionChain::start(&Tree::new()),
+        }
+    }
 }
 
 impl MemoryState {
@@ -310,7 +327,8 @@ impl MemoryState {
         MemoryState::default()
     }
 
-    /// Applies a delta computed on top of this state.
+    /// Applies a delta computed on top of this state (or on an equal one, such as the
+    /// empty state the genesis delta starts from).
     pub fn apply(&mut self, delta: &StateDelta) -> Result<(), LedgerError> {
         let root = self.root()?;
         if delta.base_root != root {
@@ -319,20 +337,28 @@ impl MemoryState {
                 got: delta.base_root,
             });
         }
-        self.tree = delta.tree.clone();
+        if self.chain.commit(&delta.tree).is_err() {
+            // Computed on another copy of this state: adopt its tree.
+            self.chain = VersionChain::start(&delta.tree);
+        }
+        self.chain.keep_latest(1);
         self.version = delta.version;
         Ok(())
     }
 
     /// Number of values held (walks the whole tree).
     pub fn value_count(&self) -> usize {
-        self.tree.len()
+        self.chain.latest().len()
     }
 }
 
 impl StateReader for MemoryState {
     fn value(&self, key: &Hash) -> Result<Option<Vec<u8>>, LedgerError> {
-        Ok(self.tree.get(key).map(<[u8]>::to_vec))
+        Ok(self.chain.latest().get(key))
+    }
+
+    fn values(&self, keys: &[Hash]) -> Result<Vec<Option<Vec<u8>>>, LedgerError> {
+        Ok(self.chain.latest().get_many(keys))
     }
 
     fn version(&self) -> u64 {
@@ -340,6 +366,6 @@ impl StateReader for MemoryState {
     }
 
     fn tree(&self) -> Result<Tree, LedgerError> {
-        Ok(self.tree.clone())
+        Ok(self.chain.latest().clone())
     }
 }

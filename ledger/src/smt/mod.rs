@@ -16,16 +16,31 @@
 //! or batching of updates, nor on how the tree is held. [`root_from_leaves`] computes
 //! it straight from that definition, as the reference the tree is tested against.
 //!
-//! # Representation
+//! # Versions
 //!
 //! A [`Tree`] is a value: [`Tree::update`] returns a new tree and leaves the old one as
 //! it was, sharing every subtree the update did not touch (path copying, as in
 //! persistent data structures and Diem's in-memory speculative tree). So the state a
 //! proposal would produce, the committed state, and each of the last K committed
 //! versions exist side by side, each costing only the nodes it changed (for a batch of
-//! `b` random keys in a tree of `n`, about `b * (log2(n / b) + 2)` new nodes), and a
-//! version is dropped by dropping its root. Leaves hold the value bytes, so a version
-//! answers reads and proofs by itself.
+//! `b` random keys in a tree of `n`, about `b * (log2(n / b) + 2)` new nodes). Leaves
+//! hold the value bytes, so a version answers reads and proofs by itself.
+//!
+//! # Memory
+//!
+//! Nodes live in an arena shared by all versions of one tree ([`Tree::new`] starts a
+//! new one), addressed by index, each internal node holding its children's hashes.
+//! There are no reference counts: at a million keys almost every node below the top
+//! levels is a cache miss, and an atomic count update on each shared sibling (and on
+//! each node freed) waits for its miss before the next can start, which made them a
+//! third of an update's time. Nodes are reclaimed explicitly instead, the way the
+//! Jellyfish Merkle tree prunes stale nodes:
+//!
+//! - an update records the nodes it created and the nodes of its base it replaced;
+//! - a tree that is dropped without being committed frees the nodes it created;
+//! - a committed tree becomes the next version of a [`VersionChain`]; the nodes it
+//!   replaced are freed once the version before it is no longer kept and no handle
+//!   that can reach them (a reader's view, an uncommitted tree built on it) remains.
 //!
 //! Why memory rather than tree nodes on disk: the tree is a function of the stored
 //! values, and writing its nodes is most of what a block would otherwise write (about
@@ -37,7 +52,8 @@
 pub mod hashing;
 mod proof;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use stele_consensus::Hash;
 
@@ -47,70 +63,62 @@ use hashing::{internal_hash, key_bit, leaf_hash};
 
 use crate::state::value_hash;
 
-/// A version of the state tree. Cloning is cheap (one reference count).
-#[derive(Clone, Default)]
-pub struct Tree {
-    root: Node,
+/// A change to the tree: a key and its new value, `None` to remove it.
+pub type TreeChange = (Hash, Option<Vec<u8>>);
+
+/// A node's index in the arena: `0` is the empty subtree, the top bit marks a leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ref(u32);
+
+const LEAF_BIT: u32 = 1 << 31;
+
+enum Kind {
+    Empty,
+    Leaf(usize),
+    Internal(usize),
 }
 
-impl std::fmt::Debug for Tree {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tree")
-            .field("root", &self.root_hash())
-            .finish_non_exhaustive()
-    }
-}
+impl Ref {
+    const EMPTY: Ref = Ref(0);
 
-/// Dropping a version frees the nodes only it holds. Arc's own drop would recurse,
-/// and each of its reference-count updates is an atomic instruction that waits for its
-/// cache miss before the next can start; at a million keys nearly every node of an old
-/// version is a miss. This drops breadth first instead: the counts of a whole level are
-/// first read with plain loads, which overlap, and the atomic updates then find them
-/// in the cache.
-impl Drop for Tree {
-    fn drop(&mut self) {
-        let mut level = vec![std::mem::take(&mut self.root)];
-        let mut next = Vec::new();
-        while !level.is_empty() {
-            let mut sum = 0usize;
-            for node in &level {
-                if let Node::Internal(internal) = node {
-                    sum = sum.wrapping_add(Arc::strong_count(internal));
-                }
-            }
-            std::hint::black_box(sum);
-            for node in level.drain(..) {
-                if let Node::Internal(internal) = node
-                    && let Ok(owned) = Arc::try_unwrap(internal)
-                {
-                    let Internal { left, right, .. } = owned;
-                    next.push(left);
-                    next.push(right);
-                }
-            }
-            std::mem::swap(&mut level, &mut next);
+    fn kind(self) -> Kind {
+        if self.0 == 0 {
+            Kind::Empty
+        } else if self.0 & LEAF_BIT != 0 {
+            Kind::Leaf((self.0 & !LEAF_BIT) as usize)
+        } else {
+            Kind::Internal(self.0 as usize)
         }
     }
 }
 
-/// A subtree.
-#[derive(Clone, Default)]
-enum Node {
-    #[default]
-    Empty,
-    Leaf(Arc<Leaf>),
-    Internal(Arc<Internal>),
+/// A subtree as its parent holds it: where it is and its hash.
+#[derive(Clone, Copy, Debug)]
+struct Child {
+    node: Ref,
+    hash: Hash,
 }
 
-struct Leaf {
+impl Child {
+    const EMPTY: Child = Child {
+        node: Ref::EMPTY,
+        hash: Hash::ZERO,
+    };
+}
+
+/// Two subtrees, not one leaf beside an empty one (that leaf would move up).
+#[derive(Clone, Copy)]
+struct InternalNode {
+    children: [Child; 2],
+}
+
+struct LeafNode {
     key: Hash,
-    /// `leaf_hash(key, value_hash(value))`.
-    hash: Hash,
     value: LeafValue,
 }
 
-/// Bytes up to this long are kept inside the leaf (an account is 17): one allocation
-/// and one cache miss less per leaf read, written and freed.
+/// Bytes up to this long are kept inside the leaf (an account is 17): no allocation
+/// of their own, and one cache miss less per read.
 const INLINE_VALUE_BYTES: usize = 30;
 
 enum LeafValue {
@@ -119,6 +127,8 @@ enum LeafValue {
         bytes: [u8; INLINE_VALUE_BYTES],
     },
     Heap(Box<[u8]>),
+    /// The slot is free (reading it is a bug, which debug builds assert).
+    Freed,
 }
 
 impl LeafValue {
@@ -139,74 +149,226 @@ impl LeafValue {
         match self {
             LeafValue::Inline { len, bytes } => &bytes[..*len as usize],
             LeafValue::Heap(bytes) => bytes,
+            LeafValue::Freed => panic!("state tree: read of a freed leaf"),
         }
     }
 }
 
-/// Two subtrees, not one leaf beside an empty one (that leaf would move up).
-struct Internal {
-    hash: Hash,
-    left: Node,
-    right: Node,
+/// The nodes of every version of one tree.
+#[derive(Default)]
+struct Arena {
+    internals: Vec<InternalNode>,
+    leaves: Vec<LeafNode>,
+    free_internals: Vec<u32>,
+    free_leaves: Vec<u32>,
 }
 
-impl Node {
-    fn hash(&self) -> Hash {
-        match self {
-            Node::Empty => Hash::ZERO,
-            Node::Leaf(leaf) => leaf.hash,
-            Node::Internal(node) => node.hash,
+/// Marks a freed internal node, so that debug builds catch a read of one.
+const FREED_INTERNAL: InternalNode = InternalNode {
+    children: [
+        Child {
+            node: Ref(u32::MAX),
+            hash: Hash::ZERO,
+        },
+        Child {
+            node: Ref(u32::MAX),
+            hash: Hash::ZERO,
+        },
+    ],
+};
+
+impl Arena {
+    fn new() -> Arena {
+        // Index 0 of the internal nodes is the empty subtree's, never used.
+        Arena {
+            internals: vec![FREED_INTERNAL],
+            ..Arena::default()
         }
     }
 
-    fn leaf(key: Hash, value: Vec<u8>) -> Node {
+    fn internal(&self, index: usize) -> &InternalNode {
+        let node = &self.internals[index];
+        debug_assert_ne!(node.children[0].node, Ref(u32::MAX), "freed node read");
+        node
+    }
+
+    fn leaf(&self, index: usize) -> &LeafNode {
+        &self.leaves[index]
+    }
+
+    fn add_internal(&mut self, children: [Child; 2], made: &mut Vec<Ref>) -> Ref {
+        let node = InternalNode { children };
+        let index = match self.free_internals.pop() {
+            Some(index) => {
+                self.internals[index as usize] = node;
+                index
+            }
+            None => {
+                let index = u32::try_from(self.internals.len())
+                    .ok()
+                    .filter(|i| i & LEAF_BIT == 0)
+                    .expect("state tree: more than 2^31 internal nodes");
+                self.internals.push(node);
+                index
+            }
+        };
+        made.push(Ref(index));
+        Ref(index)
+    }
+
+    fn add_leaf(&mut self, key: Hash, value: Vec<u8>, made: &mut Vec<Ref>) -> Child {
         let hash = leaf_hash(&key, &value_hash(&value));
-        Node::Leaf(Arc::new(Leaf {
+        let node = LeafNode {
             key,
-            hash,
             value: LeafValue::new(value),
-        }))
+        };
+        let index = match self.free_leaves.pop() {
+            Some(index) => {
+                self.leaves[index as usize] = node;
+                index
+            }
+            None => {
+                let index = u32::try_from(self.leaves.len())
+                    .ok()
+                    .filter(|i| i & LEAF_BIT == 0)
+                    .expect("state tree: more than 2^31 leaves");
+                self.leaves.push(node);
+                index
+            }
+        };
+        let node = Ref(index | LEAF_BIT);
+        made.push(node);
+        Child { node, hash }
+    }
+
+    fn free(&mut self, nodes: &[Ref]) {
+        for node in nodes {
+            match node.kind() {
+                Kind::Empty => {}
+                Kind::Internal(index) => {
+                    self.internals[index] = FREED_INTERNAL;
+                    self.free_internals.push(index as u32);
+                }
+                Kind::Leaf(index) => {
+                    self.leaves[index].value = LeafValue::Freed;
+                    self.free_leaves.push(index as u32);
+                }
+            }
+        }
     }
 
     /// The parent of `left` and `right`, compressing as the shape requires.
-    fn join(left: Node, right: Node) -> Node {
-        match (&left, &right) {
-            (Node::Empty, Node::Empty) => Node::Empty,
-            (Node::Leaf(_), Node::Empty) => left,
-            (Node::Empty, Node::Leaf(_)) => right,
-            _ => Node::Internal(Arc::new(Internal {
-                hash: internal_hash(&left.hash(), &right.hash()),
-                left,
-                right,
-            })),
+    fn join(&mut self, left: Child, right: Child, made: &mut Vec<Ref>) -> Child {
+        match (left.node.kind(), right.node.kind()) {
+            (Kind::Empty, Kind::Empty) => Child::EMPTY,
+            (Kind::Leaf(_), Kind::Empty) => left,
+            (Kind::Empty, Kind::Leaf(_)) => right,
+            _ => Child {
+                hash: internal_hash(&left.hash, &right.hash),
+                node: self.add_internal([left, right], made),
+            },
         }
     }
 
-    /// Whether both are the very same subtree (not merely equal).
-    fn same(&self, other: &Node) -> bool {
-        match (self, other) {
-            (Node::Empty, Node::Empty) => true,
-            (Node::Leaf(a), Node::Leaf(b)) => Arc::ptr_eq(a, b),
-            (Node::Internal(a), Node::Internal(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
-    }
-
-    fn leaf_key(&self) -> &Hash {
-        match self {
-            Node::Leaf(leaf) => &leaf.key,
+    fn leaf_key(&self, child: &Child) -> &Hash {
+        match child.node.kind() {
+            Kind::Leaf(index) => &self.leaf(index).key,
             _ => unreachable!("only leaves are merged and built"),
         }
     }
 }
 
-/// A change to the tree: a key and its new value, `None` to remove it.
-pub type TreeChange = (Hash, Option<Vec<u8>>);
+/// The arena and its lock.
+#[derive(Default)]
+struct Shared {
+    arena: RwLock<Arena>,
+}
+
+impl Shared {
+    // Every change to the arena completes before its guard is released (a panic in
+    // between is an assertion failure in tree code, after which nothing is committed),
+    // so a poisoned lock still guards consistent nodes.
+    fn read(&self) -> RwLockReadGuard<'_, Arena> {
+        self.arena
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Arena> {
+        self.arena
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What a tree's nodes depend on. A handle holding an origin keeps every node it can
+/// reach from being freed (see the module documentation).
+enum Origin {
+    /// A version of a [`VersionChain`] (or a new tree's empty start).
+    Version,
+    /// Made by [`Tree::update`] from a tree of origin `base`.
+    Update {
+        base: Arc<Origin>,
+        /// `None` once committed.
+        nodes: Mutex<Option<UpdateNodes>>,
+        /// The version it became, if committed.
+        committed_as: OnceLock<Arc<Origin>>,
+    },
+}
+
+/// The nodes an update made and the nodes of its base it replaced.
+struct UpdateNodes {
+    shared: Arc<Shared>,
+    made: Vec<Ref>,
+    replaced: Vec<Ref>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Origin::Update { nodes, .. } = self {
+            let taken = nodes
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            if let Some(update) = taken {
+                update.shared.write().free(&update.made);
+            }
+        }
+    }
+}
+
+/// A version of the state tree. Cloning is cheap.
+#[derive(Clone)]
+pub struct Tree {
+    shared: Arc<Shared>,
+    root: Child,
+    origin: Arc<Origin>,
+}
+
+impl std::fmt::Debug for Tree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tree")
+            .field("root", &self.root_hash())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree::new()
+    }
+}
 
 impl Tree {
-    /// The empty tree.
+    /// An empty tree, with an arena of its own.
     pub fn new() -> Tree {
-        Tree::default()
+        Tree {
+            shared: Arc::new(Shared {
+                arena: RwLock::new(Arena::new()),
+            }),
+            root: Child::EMPTY,
+            origin: Arc::new(Origin::Version),
+        }
     }
 
     /// The tree holding exactly `leaves` (key, value). If a key appears more than
@@ -217,28 +379,28 @@ impl Tree {
 
     /// The root hash ([`Hash::ZERO`] when empty).
     pub fn root_hash(&self) -> Hash {
-        self.root.hash()
+        self.root.hash
     }
 
     /// Whether the tree holds no key.
     pub fn is_empty(&self) -> bool {
-        matches!(self.root, Node::Empty)
+        self.root.node == Ref::EMPTY
     }
 
     /// The value stored under `key`.
-    pub fn get(&self, key: &Hash) -> Option<&[u8]> {
-        let mut node = &self.root;
+    pub fn get(&self, key: &Hash) -> Option<Vec<u8>> {
+        let arena = self.shared.read();
+        let mut node = self.root.node;
         let mut depth = 0;
         loop {
-            match node {
-                Node::Empty => return None,
-                Node::Leaf(leaf) => return (leaf.key == *key).then_some(leaf.value.as_slice()),
-                Node::Internal(internal) => {
-                    node = if key_bit(key, depth) {
-                        &internal.right
-                    } else {
-                        &internal.left
-                    };
+            match node.kind() {
+                Kind::Empty => return None,
+                Kind::Leaf(index) => {
+                    let leaf = arena.leaf(index);
+                    return (leaf.key == *key).then(|| leaf.value.as_slice().to_vec());
+                }
+                Kind::Internal(index) => {
+                    node = arena.internal(index).children[usize::from(key_bit(key, depth))].node;
                     depth += 1;
                 }
             }
@@ -251,28 +413,28 @@ impl Tree {
     /// separate lookups).
     pub fn get_many(&self, keys: &[Hash]) -> Vec<Option<Vec<u8>>> {
         const LANES: usize = 16;
+        let arena = self.shared.read();
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(LANES) {
-            let mut nodes: [&Node; LANES] = [&self.root; LANES];
+            let mut nodes = [self.root.node; LANES];
             let mut walking = chunk.len();
             let mut depth = 0;
             while walking > 0 {
                 walking = 0;
                 for (lane, key) in chunk.iter().enumerate() {
-                    if let Node::Internal(internal) = nodes[lane] {
-                        nodes[lane] = if key_bit(key, depth) {
-                            &internal.right
-                        } else {
-                            &internal.left
-                        };
+                    if let Kind::Internal(index) = nodes[lane].kind() {
+                        nodes[lane] =
+                            arena.internal(index).children[usize::from(key_bit(key, depth))].node;
                         walking += 1;
                     }
                 }
                 depth += 1;
             }
             for (lane, key) in chunk.iter().enumerate() {
-                out.push(match nodes[lane] {
-                    Node::Leaf(leaf) if leaf.key == *key => Some(leaf.value.as_slice().to_vec()),
+                out.push(match nodes[lane].kind() {
+                    Kind::Leaf(index) if arena.leaf(index).key == *key => {
+                        Some(arena.leaf(index).value.as_slice().to_vec())
+                    }
                     _ => None,
                 });
             }
@@ -283,30 +445,54 @@ impl Tree {
     /// The tree with `changes` applied; `self` is unchanged. If a key appears more than
     /// once, the last entry wins.
     pub fn update(&self, mut changes: Vec<TreeChange>) -> Tree {
-        // A stable sort keeps equal keys in input order; keep the last of each run.
-        changes.sort_by_key(|change| change.0);
-        changes.reverse();
-        changes.dedup_by_key(|change| change.0);
-        changes.reverse();
+        if !changes.windows(2).all(|w| w[0].0 < w[1].0) {
+            // A stable sort keeps equal keys in input order; keep the last of each run.
+            changes.sort_by_key(|change| change.0);
+            changes.reverse();
+            changes.dedup_by_key(|change| change.0);
+            changes.reverse();
+        }
+        let mut update = UpdateNodes {
+            shared: Arc::clone(&self.shared),
+            made: Vec::new(),
+            replaced: Vec::new(),
+        };
+        let root = {
+            let mut arena = self.shared.write();
+            let mut walk = Walk {
+                arena: &mut arena,
+                made: &mut update.made,
+                replaced: &mut update.replaced,
+            };
+            walk.update(self.root, 0, &mut changes)
+        };
         Tree {
-            root: update_node(&self.root, 0, &mut changes),
+            shared: Arc::clone(&self.shared),
+            root,
+            origin: Arc::new(Origin::Update {
+                base: Arc::clone(&self.origin),
+                nodes: Mutex::new(Some(update)),
+                committed_as: OnceLock::new(),
+            }),
         }
     }
 
     /// The proof of `key`'s value, or of its absence.
     pub fn prove(&self, key: &Hash) -> SparseMerkleProof {
+        let arena = self.shared.read();
         let mut siblings = Vec::new();
-        let mut node = &self.root;
+        let mut node = self.root.node;
         let mut depth = 0;
         loop {
-            match node {
-                Node::Empty => {
+            match node.kind() {
+                Kind::Empty => {
                     return SparseMerkleProof {
                         leaf: None,
                         siblings,
                     };
                 }
-                Node::Leaf(leaf) => {
+                Kind::Leaf(index) => {
+                    let leaf = arena.leaf(index);
                     return SparseMerkleProof {
                         leaf: Some(ProofLeaf {
                             key: leaf.key,
@@ -315,14 +501,11 @@ impl Tree {
                         siblings,
                     };
                 }
-                Node::Internal(internal) => {
-                    let (next, sibling) = if key_bit(key, depth) {
-                        (&internal.right, &internal.left)
-                    } else {
-                        (&internal.left, &internal.right)
-                    };
-                    siblings.push(sibling.hash());
-                    node = next;
+                Kind::Internal(index) => {
+                    let children = &arena.internal(index).children;
+                    let side = usize::from(key_bit(key, depth));
+                    siblings.push(children[1 - side].hash);
+                    node = children[side].node;
                     depth += 1;
                 }
             }
@@ -330,106 +513,290 @@ impl Tree {
     }
 
     /// Every (key, value), in key order.
-    pub fn iter(&self) -> TreeIter<'_> {
-        TreeIter {
-            stack: vec![&self.root],
+    pub fn leaves(&self) -> Vec<(Hash, Vec<u8>)> {
+        let arena = self.shared.read();
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.node];
+        while let Some(node) = stack.pop() {
+            match node.kind() {
+                Kind::Empty => {}
+                Kind::Leaf(index) => {
+                    let leaf = arena.leaf(index);
+                    out.push((leaf.key, leaf.value.as_slice().to_vec()));
+                }
+                Kind::Internal(index) => {
+                    let [left, right] = arena.internal(index).children;
+                    stack.push(right.node);
+                    stack.push(left.node);
+                }
+            }
         }
+        out
     }
 
     /// Number of keys held (walks the whole tree).
     pub fn len(&self) -> usize {
-        self.iter().count()
-    }
-}
-
-/// Iterator over a tree's leaves in key order.
-pub struct TreeIter<'a> {
-    stack: Vec<&'a Node>,
-}
-
-impl<'a> Iterator for TreeIter<'a> {
-    type Item = (&'a Hash, &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        while let Some(node) = self.stack.pop() {
-            match node {
-                Node::Empty => {}
-                Node::Leaf(leaf) => return Some((&leaf.key, leaf.value.as_slice())),
-                Node::Internal(internal) => {
-                    self.stack.push(&internal.right);
-                    self.stack.push(&internal.left);
+        let arena = self.shared.read();
+        let mut count = 0;
+        let mut stack = vec![self.root.node];
+        while let Some(node) = stack.pop() {
+            match node.kind() {
+                Kind::Empty => {}
+                Kind::Leaf(_) => count += 1,
+                Kind::Internal(index) => {
+                    let [left, right] = arena.internal(index).children;
+                    stack.push(right.node);
+                    stack.push(left.node);
                 }
             }
         }
-        None
+        count
+    }
+
+    /// Nodes in the arena this tree belongs to (all versions), internal and leaves,
+    /// not counting freed slots. For tests and memory accounting.
+    pub fn arena_nodes(&self) -> (usize, usize) {
+        let arena = self.shared.read();
+        (
+            arena.internals.len() - 1 - arena.free_internals.len(),
+            arena.leaves.len() - arena.free_leaves.len(),
+        )
     }
 }
 
-/// Applies `changes` (sorted, distinct keys, all below `node`, which sits at `depth`).
-/// Values are moved out of `changes` into the new leaves.
-fn update_node(node: &Node, depth: usize, changes: &mut [TreeChange]) -> Node {
-    if changes.is_empty() {
-        return node.clone();
-    }
-    match node {
-        Node::Internal(internal) => {
-            assert!(depth < 256, "an internal node below the last key bit");
-            let split = changes.partition_point(|(key, _)| !key_bit(key, depth));
-            let (left_changes, right_changes) = changes.split_at_mut(split);
-            let left = update_node(&internal.left, depth + 1, left_changes);
-            let right = update_node(&internal.right, depth + 1, right_changes);
-            if left.same(&internal.left) && right.same(&internal.right) {
-                return node.clone();
-            }
-            Node::join(left, right)
+/// One update in progress, holding the arena for writing.
+struct Walk<'a> {
+    arena: &'a mut Arena,
+    made: &'a mut Vec<Ref>,
+    replaced: &'a mut Vec<Ref>,
+}
+
+impl Walk<'_> {
+    /// Applies `changes` (sorted, distinct keys, all below `child`, which sits at
+    /// `depth`). Values are moved out of `changes` into the new leaves.
+    fn update(&mut self, child: Child, depth: usize, changes: &mut [TreeChange]) -> Child {
+        if changes.is_empty() {
+            return child;
         }
-        Node::Empty => {
-            let leaves: Vec<Node> = changes
-                .iter_mut()
-                .filter_map(|(key, value)| value.take().map(|v| Node::leaf(*key, v)))
-                .collect();
-            build(depth, &leaves)
-        }
-        Node::Leaf(existing) => {
-            // The common case: the one key this leaf holds gets a new value.
-            if let [(key, value)] = changes
-                && *key == existing.key
-            {
-                return value.take().map_or(Node::Empty, |v| Node::leaf(*key, v));
+        match child.node.kind() {
+            Kind::Internal(index) => {
+                assert!(depth < 256, "an internal node below the last key bit");
+                let [left, right] = self.arena.internal(index).children;
+                let split = changes.partition_point(|(key, _)| !key_bit(key, depth));
+                let (left_changes, right_changes) = changes.split_at_mut(split);
+                let new_left = self.update(left, depth + 1, left_changes);
+                let new_right = self.update(right, depth + 1, right_changes);
+                if new_left.node == left.node && new_right.node == right.node {
+                    return child;
+                }
+                self.replaced.push(child.node);
+                self.arena.join(new_left, new_right, self.made)
             }
-            let mut leaves = Vec::with_capacity(changes.len() + 1);
-            let mut kept = Some(node.clone());
-            for (key, value) in changes.iter_mut() {
-                if kept.is_some() && existing.key <= *key {
-                    // The existing leaf goes in order, unless a change names its key.
-                    let leaf = kept.take();
-                    if existing.key < *key {
-                        leaves.extend(leaf);
+            Kind::Empty => {
+                let mut leaves = Vec::with_capacity(changes.len());
+                for (key, value) in changes.iter_mut() {
+                    if let Some(value) = value.take() {
+                        leaves.push(self.arena.add_leaf(*key, value, self.made));
                     }
                 }
-                if let Some(value) = value.take() {
-                    leaves.push(Node::leaf(*key, value));
-                }
+                self.build(depth, &leaves)
             }
-            leaves.extend(kept);
-            build(depth, &leaves)
+            Kind::Leaf(index) => {
+                let existing = self.arena.leaf(index).key;
+                // The common case: the one key this leaf holds gets a new value.
+                if let [(key, value)] = changes
+                    && *key == existing
+                {
+                    self.replaced.push(child.node);
+                    return match value.take() {
+                        Some(value) => self.arena.add_leaf(*key, value, self.made),
+                        None => Child::EMPTY,
+                    };
+                }
+                let mut leaves = Vec::with_capacity(changes.len() + 1);
+                let mut kept = Some(child);
+                for (key, value) in changes.iter_mut() {
+                    if kept.is_some() && existing <= *key {
+                        // The existing leaf goes in order, unless a change names its key.
+                        let leaf = kept.take();
+                        if existing < *key {
+                            leaves.extend(leaf);
+                        } else {
+                            self.replaced.push(child.node);
+                        }
+                    }
+                    if let Some(value) = value.take() {
+                        leaves.push(self.arena.add_leaf(*key, value, self.made));
+                    }
+                }
+                leaves.extend(kept);
+                self.build(depth, &leaves)
+            }
+        }
+    }
+
+    /// The subtree at `depth` holding exactly `leaves` (sorted, distinct keys).
+    fn build(&mut self, depth: usize, leaves: &[Child]) -> Child {
+        match leaves {
+            [] => Child::EMPTY,
+            [leaf] => *leaf,
+            _ => {
+                // Distinct keys differ in some bit, so this ends before depth 256.
+                assert!(depth < 256, "distinct keys with every bit equal");
+                let split =
+                    leaves.partition_point(|leaf| !key_bit(self.arena.leaf_key(leaf), depth));
+                let left = self.build(depth + 1, &leaves[..split]);
+                let right = self.build(depth + 1, &leaves[split..]);
+                self.arena.join(left, right, self.made)
+            }
         }
     }
 }
 
-/// The subtree at `depth` holding exactly `leaves` (sorted, distinct keys).
-fn build(depth: usize, leaves: &[Node]) -> Node {
-    match leaves {
-        [] => Node::Empty,
-        [leaf] => leaf.clone(),
-        _ => {
-            // Distinct keys differ in some bit, so this ends before depth 256.
-            assert!(depth < 256, "distinct keys with every bit equal");
-            let split = leaves.partition_point(|leaf| !key_bit(leaf.leaf_key(), depth));
-            Node::join(
-                build(depth + 1, &leaves[..split]),
-                build(depth + 1, &leaves[split..]),
-            )
+/// Why [`VersionChain::commit`] refused a tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the tree was not made by one update of the latest version")]
+pub struct NotNextVersion;
+
+/// Consecutive committed versions of one tree, oldest first, and the reclamation of
+/// the nodes that no kept version needs.
+pub struct VersionChain {
+    versions: VecDeque<Tree>,
+    /// Per released version `u`, oldest first: its origin and the nodes the version
+    /// after it replaced (nodes of `u` no later version holds). Freed once nothing
+    /// but this queue holds the origin, in order.
+    releasing: VecDeque<(Arc<Origin>, UpdateNodes)>,
+}
+
+impl VersionChain {
+    /// A chain whose only version is `tree`, made by [`Tree::update`] (or
+    /// [`Tree::from_leaves`]).
+    pub fn start(tree: &Tree) -> VersionChain {
+        let version = Self::adopt(tree).unwrap_or_else(|| tree.clone());
+        VersionChain {
+            versions: VecDeque::from([version]),
+            releasing: VecDeque::new(),
+        }
+    }
+
+    /// Takes over an updated tree's nodes: returns the version handle, and the
+    /// update's node lists. `None` if `tree` is not an uncommitted update.
+    fn adopt_nodes(tree: &Tree) -> Option<(Tree, UpdateNodes)> {
+        let Origin::Update {
+            nodes,
+            committed_as,
+            ..
+        } = &*tree.origin
+        else {
+            return None;
+        };
+        let taken = nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()?;
+        let origin = Arc::new(Origin::Version);
+        // The update's own handles now keep the version's nodes alive too.
+        let _ = committed_as.set(Arc::clone(&origin));
+        Some((
+            Tree {
+                shared: Arc::clone(&tree.shared),
+                root: tree.root,
+                origin,
+            },
+            taken,
+        ))
+    }
+
+    fn adopt(tree: &Tree) -> Option<Tree> {
+        Self::adopt_nodes(tree).map(|(version, _)| version)
+    }
+
+    /// The latest version.
+    pub fn latest(&self) -> &Tree {
+        self.versions.back().expect("a chain holds at least one version")
+    }
+
+    /// The oldest kept version.
+    pub fn oldest(&self) -> &Tree {
+        self.versions
+            .front()
+            .expect("a chain holds at least one version")
+    }
+
+    /// Versions kept.
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Whether no version is kept (never: a chain starts with one).
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    /// The version `back` steps before the latest (0 is the latest).
+    pub fn back(&self, back: usize) -> Option<&Tree> {
+        self.versions
+            .len()
+            .checked_sub(back + 1)
+            .and_then(|i| self.versions.get(i))
+    }
+
+    /// Makes `tree`, one [`Tree::update`] of the latest version, the new latest.
+    pub fn commit(&mut self, tree: &Tree) -> Result<(), NotNextVersion> {
+        let latest = self.latest();
+        let Origin::Update { base, .. } = &*tree.origin else {
+            return Err(NotNextVersion);
+        };
+        if !Arc::ptr_eq(base, &latest.origin) || !Arc::ptr_eq(&tree.shared, &latest.shared) {
+            return Err(NotNextVersion);
+        }
+        let latest_origin = Arc::clone(&latest.origin);
+        let (version, update) = Self::adopt_nodes(tree).ok_or(NotNextVersion)?;
+        // What the update replaced are nodes of the version before it.
+        self.releasing.push_back((latest_origin, update));
+        self.versions.push_back(version);
+        self.release();
+        Ok(())
+    }
+
+    /// Adds `tree`, one [`Tree::update`] of the oldest version that undoes the change
+    /// into it, as the new oldest version (rebuilding history backwards).
+    pub fn push_older(&mut self, tree: &Tree) -> Result<(), NotNextVersion> {
+        let oldest = self.oldest();
+        let Origin::Update { base, .. } = &*tree.origin else {
+            return Err(NotNextVersion);
+        };
+        if !Arc::ptr_eq(base, &oldest.origin) || !Arc::ptr_eq(&tree.shared, &oldest.shared) {
+            return Err(NotNextVersion);
+        }
+        let (version, mut update) = Self::adopt_nodes(tree).ok_or(NotNextVersion)?;
+        // Going forward again, the nodes this backward update made are the ones the
+        // next version replaces; what it replaced belongs to the newer version.
+        std::mem::swap(&mut update.made, &mut update.replaced);
+        update.made.clear();
+        self.releasing
+            .push_front((Arc::clone(&version.origin), update));
+        self.versions.push_front(version);
+        Ok(())
+    }
+
+    /// Drops the oldest versions until `keep` remain (at least one), freeing what no
+    /// handle can reach any more.
+    pub fn keep_latest(&mut self, keep: usize) {
+        while self.versions.len() > keep.max(1) {
+            self.versions.pop_front();
+        }
+        self.release();
+    }
+
+    /// Frees, oldest first, the nodes only released versions held.
+    fn release(&mut self) {
+        while let Some((origin, _)) = self.releasing.front() {
+            if Arc::strong_count(origin) > 1 {
+                break;
+            }
+            let (_, update) = self.releasing.pop_front().expect("front exists");
+            update.shared.write().free(&update.replaced);
         }
     }
 }
@@ -468,7 +835,11 @@ mod tests {
     }
 
     fn reference(tree: &Tree) -> Hash {
-        let mut leaves: Vec<(Hash, Hash)> = tree.iter().map(|(k, v)| (*k, value_hash(v))).collect();
+        let mut leaves: Vec<(Hash, Hash)> = tree
+            .leaves()
+            .into_iter()
+            .map(|(k, v)| (k, value_hash(&v)))
+            .collect();
         root_from_leaves(&mut leaves)
     }
 
@@ -481,7 +852,7 @@ mod tests {
         assert_eq!(tree.root_hash(), Hash::ZERO, "the old version is unchanged");
         let none = one.update(vec![(h(1), None)]);
         assert!(none.is_empty());
-        assert_eq!(one.get(&h(1)), Some(&v(10)[..]));
+        assert_eq!(one.get(&h(1)), Some(v(10)));
     }
 
     #[test]
@@ -491,7 +862,7 @@ mod tests {
         assert_eq!(tree.root_hash(), reference(&tree));
         assert_eq!(tree.len(), 500);
         for (k, value) in &leaves {
-            assert_eq!(tree.get(k), Some(&value[..]));
+            assert_eq!(tree.get(k).as_ref(), Some(value));
         }
         let mut probe: Vec<Hash> = leaves.iter().map(|(k, _)| *k).collect();
         probe.push(h(100_000));
@@ -505,7 +876,7 @@ mod tests {
         );
         assert_eq!(many[500], None);
         // Keys come back in order.
-        let keys: Vec<Hash> = tree.iter().map(|(k, _)| *k).collect();
+        let keys: Vec<Hash> = tree.leaves().into_iter().map(|(k, _)| k).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
         let emptied = tree.update(leaves.iter().map(|(k, _)| (*k, None)).collect());
         assert!(emptied.is_empty());
@@ -548,16 +919,99 @@ mod tests {
     }
 
     #[test]
-    fn unchanged_subtrees_are_shared() {
-        let tree = Tree::from_leaves((0..64).map(|i| (h(i), v(i))).collect());
-        // Removing a key that is not there changes nothing at all.
-        let same = tree.update(vec![(h(1000), None)]);
-        assert!(same.root.same(&tree.root));
-        let changed = tree.update(vec![(h(3), Some(v(99)))]);
-        let (Node::Internal(a), Node::Internal(b)) = (&tree.root, &changed.root) else {
-            panic!("64 keys make an internal root");
-        };
-        // One side of the root holds h(3) and is new; the other is shared.
-        assert!(a.left.same(&b.left) != a.right.same(&b.right));
+    fn dropped_updates_free_their_nodes() {
+        let base = Tree::from_leaves((0..64).map(|i| (h(i), v(i))).collect());
+        let chain = VersionChain::start(&base);
+        let before = base.arena_nodes();
+        {
+            let changed = chain.latest().update(vec![(h(3), Some(v(99))), (h(500), Some(v(1)))]);
+            assert!(changed.arena_nodes().0 > before.0);
+            // A removal of a key that is not there makes nothing.
+            let same = chain.latest().update(vec![(h(1000), None)]);
+            assert_eq!(same.root_hash(), base.root_hash());
+        }
+        assert_eq!(chain.latest().arena_nodes(), before);
+    }
+
+    #[test]
+    fn replaced_nodes_are_freed_once_no_version_or_reader_needs_them() {
+        let mut chain = VersionChain::start(&Tree::from_leaves(
+            (0..200).map(|i| (h(i), v(i))).collect(),
+        ));
+        let first = chain.latest().clone();
+        let first_root = first.root_hash();
+        let mut roots = vec![first_root];
+        for round in 0..20u64 {
+            let next = chain
+                .latest()
+                .update((0..10).map(|i| (h(i * 7 + round), Some(v(round)))).collect());
+            chain.commit(&next).unwrap();
+            roots.push(next.root_hash());
+            chain.keep_latest(3);
+        }
+        // A reader of the first version still sees it whole, long after it was dropped
+        // from the chain: its nodes were not freed (and not reused).
+        assert_eq!(reference(&first), first_root);
+        assert_eq!(first.len(), 200);
+        let with_reader = first.arena_nodes();
+        drop(first);
+        chain.keep_latest(3);
+        let without = chain.latest().arena_nodes();
+        assert!(without.0 < with_reader.0, "{without:?} vs {with_reader:?}");
+        // The kept versions are intact.
+        for back in 0..3 {
+            let tree = chain.back(back).unwrap();
+            assert_eq!(tree.root_hash(), roots[roots.len() - 1 - back]);
+            assert_eq!(reference(tree), tree.root_hash());
+        }
+        // Only what the kept versions hold remains: 200 leaves in each of three
+        // versions at most, and far fewer internal nodes than 20 rounds made.
+        assert!(without.1 <= 200 + 2 * 10, "{without:?}");
+        // Nothing but the chain: everything of the dropped versions is back.
+        let stale = chain
+            .latest()
+            .update(vec![(h(5000), Some(v(1)))]);
+        assert!(chain.commit(&stale).is_ok());
+        assert!(chain.commit(&stale).is_err(), "committed twice");
+        let other = Tree::from_leaves(vec![(h(1), v(1))]).update(vec![(h(2), Some(v(2)))]);
+        assert_eq!(chain.commit(&other), Err(NotNextVersion));
+    }
+
+    #[test]
+    fn history_rebuilt_backwards_matches_forward() {
+        let start = Tree::from_leaves((0..100).map(|i| (h(i), v(i))).collect());
+        let mut forward = VersionChain::start(&start);
+        let mut undo: Vec<Vec<TreeChange>> = Vec::new();
+        for round in 1..=5u64 {
+            let changes: Vec<TreeChange> = (0..8).map(|i| (h(i * 11 + round), Some(v(round)))).collect();
+            let old: Vec<TreeChange> = changes
+                .iter()
+                .map(|(k, _)| (*k, forward.latest().get(k)))
+                .collect();
+            undo.push(old);
+            let next = forward.latest().update(changes);
+            forward.commit(&next).unwrap();
+        }
+        // Rebuild from the latest leaves and the undo lists, as the store does.
+        let latest = Tree::from_leaves(forward.latest().leaves());
+        let mut backward = VersionChain::start(&latest);
+        for old in undo.into_iter().rev() {
+            let older = backward.oldest().update(old);
+            backward.push_older(&older).unwrap();
+        }
+        assert_eq!(backward.len(), 6);
+        for back in 0..6 {
+            assert_eq!(
+                backward.back(back).unwrap().root_hash(),
+                forward.back(back).unwrap().root_hash()
+            );
+        }
+        // Pruning the rebuilt history frees nodes as forward pruning would.
+        let full = backward.latest().arena_nodes();
+        backward.keep_latest(1);
+        let pruned = backward.latest().arena_nodes();
+        assert!(pruned.0 < full.0 && pruned.1 < full.1, "{pruned:?} vs {full:?}");
+        assert_eq!(pruned.1, 100 + 0, "only the latest leaves remain: {pruned:?}");
+        assert_eq!(reference(backward.latest()), backward.latest().root_hash());
     }
 }

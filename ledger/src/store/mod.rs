@@ -35,7 +35,6 @@
 //! the older trees are rebuilt after a restart; records outside the kept window are
 //! deleted in the same batch.
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -50,7 +49,7 @@ use crate::block::{Block, Receipt};
 use crate::error::LedgerError;
 use crate::exec::{ChainTip, ExecutionOutcome};
 use crate::genesis::Genesis;
-use crate::smt::{SparseMerkleProof, Tree};
+use crate::smt::{SparseMerkleProof, Tree, VersionChain};
 use crate::state::{StateDelta, StateReader};
 
 mod undo;
@@ -125,19 +124,25 @@ struct StoredTip {
     time_ms: u64,
 }
 
-/// The kept state trees, oldest first, at consecutive heights; the last is the tip's.
+/// The kept state trees, at consecutive heights from `oldest`; the last is the tip's.
 struct Versions {
     oldest: u64,
-    trees: VecDeque<Tree>,
+    chain: VersionChain,
 }
 
 impl Versions {
     fn latest(&self) -> &Tree {
-        self.trees.back().expect("at least the latest tree is kept")
+        self.chain.latest()
     }
 
     fn latest_height(&self) -> u64 {
-        self.oldest + self.trees.len() as u64 - 1
+        self.oldest + self.chain.len() as u64 - 1
+    }
+
+    /// The tree of `height`, if kept.
+    fn at(&self, height: u64) -> Option<&Tree> {
+        let back = self.latest_height().checked_sub(height)?;
+        self.chain.back(usize::try_from(back).ok()?)
     }
 }
 
@@ -225,7 +230,7 @@ impl Store {
             }),
             versions: RwLock::new(Versions {
                 oldest: 0,
-                trees: VecDeque::from([Tree::new()]),
+                chain: VersionChain::start(&Tree::new()),
             }),
             rebuilt_versions: 0,
         };
@@ -266,7 +271,7 @@ impl Store {
         batch.put_cf(meta, META_GENESIS_HASH, self.genesis_hash.as_bytes());
         batch.put_cf(meta, META_TIP, encode(&self.stored_tip(&lock(&self.tip))));
         self.db.write_opt(batch, &self.write_options())?;
-        write_lock(&self.versions).trees = VecDeque::from([delta.tree]);
+        write_lock(&self.versions).chain = VersionChain::start(&delta.tree);
         Ok(())
     }
 
@@ -329,7 +334,7 @@ impl Store {
                 ),
             });
         }
-        let mut trees = VecDeque::from([latest]);
+        let mut chain = VersionChain::start(&latest);
         let oldest_wanted = self.oldest_version(stored.height);
         let mut oldest = stored.height;
         while oldest > oldest_wanted {
@@ -342,8 +347,7 @@ impl Store {
                 break;
             };
             let record = undo::decode(&bytes)?;
-            let newer = trees.front().expect("the latest tree is there");
-            let older = newer.update(record.into_tree_changes());
+            let older = chain.oldest().update(record.into_tree_changes());
             let expected = self.header_state_root(oldest - 1)?;
             if older.root_hash() != expected {
                 return Err(LedgerError::Corrupt {
@@ -354,11 +358,13 @@ impl Store {
                     ),
                 });
             }
-            trees.push_front(older);
+            chain
+                .push_older(&older)
+                .expect("an update of the oldest version is its predecessor");
             oldest -= 1;
         }
         self.rebuilt_versions = stored.height - oldest;
-        *write_lock(&self.versions) = Versions { oldest, trees };
+        *write_lock(&self.versions) = Versions { oldest, chain };
         *lock(&self.tip) = ChainTip {
             height: stored.height,
             block_hash: stored.block_hash,
@@ -524,12 +530,27 @@ impl Store {
         );
         self.db.write_opt(batch, &self.write_options())?;
         // The block is durable from here on.
-        versions.trees.push_back(outcome.delta.tree.clone());
-        let oldest = self.oldest_version(height);
-        while versions.oldest < oldest {
-            versions.trees.pop_front();
-            versions.oldest += 1;
+        if versions.chain.commit(&outcome.delta.tree).is_err() {
+            // Computed on another copy of this state (same root, other tree): redo
+            // the change on ours.
+            let tree = versions.latest().update(
+                outcome
+                    .delta
+                    .values
+                    .iter()
+                    .map(|v| (v.key, v.new.clone()))
+                    .collect(),
+            );
+            assert_eq!(tree.root_hash(), outcome.delta.root, "delta root");
+            versions
+                .chain
+                .commit(&tree)
+                .expect("an update of the latest tree is its successor");
         }
+        let oldest = self.oldest_version(height);
+        let kept = (height - oldest + 1) as usize;
+        versions.chain.keep_latest(kept);
+        versions.oldest = height + 1 - versions.chain.len() as u64;
         *lock(&self.tip) = new_tip;
         Ok(())
     }
@@ -585,7 +606,10 @@ impl Store {
                 latest,
             });
         }
-        let tree = versions.trees[(version - versions.oldest) as usize].clone();
+        let tree = versions
+            .at(version)
+            .expect("every height from oldest to latest is kept")
+            .clone();
         Ok(HistoricState { tree, version })
     }
 
@@ -597,7 +621,7 @@ impl Store {
     ) -> Result<(Option<Vec<u8>>, SparseMerkleProof), LedgerError> {
         let state = self.state_at(version)?;
         Ok((
-            state.tree.get(key).map(<[u8]>::to_vec),
+            state.tree.get(key),
             state.tree.prove(key),
         ))
     }
@@ -631,8 +655,10 @@ impl Store {
                 what: format!("{values} values stored but the tree holds {tree_values}"),
             });
         }
-        for (i, tree) in versions.trees.iter().enumerate() {
-            let height = versions.oldest + i as u64;
+        for height in versions.oldest..=versions.latest_height() {
+            let tree = versions
+                .at(height)
+                .expect("every height from oldest to latest is kept");
             let expected = self.header_state_root(height)?;
             if tree.root_hash() != expected {
                 return Err(LedgerError::Corrupt {
@@ -646,7 +672,7 @@ impl Store {
         Ok(IntegrityReport {
             height: tip.height,
             values,
-            versions: versions.trees.len() as u64,
+            versions: versions.chain.len() as u64,
             state_root: tree_root,
         })
     }
@@ -757,10 +783,7 @@ fn open_db(path: &Path, options: &StoreOptions) -> Result<DB, LedgerError> {
 /// [`Store::state_at`], whose view does not change.
 impl StateReader for Store {
     fn value(&self, key: &Hash) -> Result<Option<Vec<u8>>, LedgerError> {
-        Ok(read_lock(&self.versions)
-            .latest()
-            .get(key)
-            .map(<[u8]>::to_vec))
+        Ok(read_lock(&self.versions).latest().get(key))
     }
 
     fn values(&self, keys: &[Hash]) -> Result<Vec<Option<Vec<u8>>>, LedgerError> {
@@ -785,7 +808,7 @@ pub struct HistoricState {
 
 impl StateReader for HistoricState {
     fn value(&self, key: &Hash) -> Result<Option<Vec<u8>>, LedgerError> {
-        Ok(self.tree.get(key).map(<[u8]>::to_vec))
+        Ok(self.tree.get(key))
     }
 
     fn values(&self, keys: &[Hash]) -> Result<Vec<Option<Vec<u8>>>, LedgerError> {
