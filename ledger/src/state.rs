@@ -274,7 +274,10 @@ impl StateDelta {
         version: u64,
         mut values: Vec<ValueChange>,
     ) -> Result<StateDelta, LedgerError> {
-        values.sort_by_key(|v| v.key);
+        if !values.windows(2).all(|w| w[0].key < w[1].key) {
+            // Stable: entries for one key stay in the order they were given.
+            values.sort_by_key(|v| v.key);
+        }
         values.dedup_by(|later, earlier| {
             // Keep the first entry's old value and the later entry's new value.
             if later.key == earlier.key {
@@ -286,7 +289,7 @@ impl StateDelta {
         });
         values.retain(|v| v.old != v.new);
         let base = state.tree()?;
-        let tree = base.update(values.iter().map(|v| (v.key, v.new.clone())).collect());
+        let tree = base.update(values.iter().map(|v| (v.key, v.new.as_deref())).collect());
         Ok(StateDelta {
             version,
             base_root: base.root_hash(),

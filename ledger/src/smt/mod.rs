@@ -64,7 +64,7 @@ use hashing::{internal_hash, key_bit, leaf_hash};
 use crate::state::value_hash;
 
 /// A change to the tree: a key and its new value, `None` to remove it.
-pub type TreeChange = (Hash, Option<Vec<u8>>);
+pub type TreeChange<V = Vec<u8>> = (Hash, Option<V>);
 
 /// A node's index in the arena: `0` is the empty subtree, the top bit marks a leaf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,11 +106,13 @@ impl Child {
     };
 }
 
-/// Two subtrees, not one leaf beside an empty one (that leaf would move up).
+/// The hashes of an internal node's two subtrees (never one leaf beside an empty one:
+/// that leaf would move up). Kept apart from the children's indices, and a cache line
+/// each: a walk down the tree reads only the indices, eight nodes to a cache line, so
+/// the upper levels of even a large tree stay in the cache.
 #[derive(Clone, Copy)]
-struct InternalNode {
-    children: [Child; 2],
-}
+#[repr(align(64))]
+struct ChildHashes([Hash; 2]);
 
 struct LeafNode {
     key: Hash,
@@ -132,16 +134,16 @@ enum LeafValue {
 }
 
 impl LeafValue {
-    fn new(value: Vec<u8>) -> LeafValue {
+    fn new(value: &[u8]) -> LeafValue {
         if value.len() <= INLINE_VALUE_BYTES {
             let mut bytes = [0u8; INLINE_VALUE_BYTES];
-            bytes[..value.len()].copy_from_slice(&value);
+            bytes[..value.len()].copy_from_slice(value);
             LeafValue::Inline {
                 len: value.len() as u8,
                 bytes,
             }
         } else {
-            LeafValue::Heap(value.into_boxed_slice())
+            LeafValue::Heap(value.into())
         }
     }
 
@@ -154,42 +156,52 @@ impl LeafValue {
     }
 }
 
-/// The nodes of every version of one tree.
+/// The nodes of every version of one tree. Internal node `i` is `children[i]` and
+/// `hashes[i]`.
 #[derive(Default)]
 struct Arena {
-    internals: Vec<InternalNode>,
+    children: Vec<[Ref; 2]>,
+    hashes: Vec<ChildHashes>,
     leaves: Vec<LeafNode>,
     free_internals: Vec<u32>,
     free_leaves: Vec<u32>,
 }
 
 /// Marks a freed internal node, so that debug builds catch a read of one.
-const FREED_INTERNAL: InternalNode = InternalNode {
-    children: [
-        Child {
-            node: Ref(u32::MAX),
-            hash: Hash::ZERO,
-        },
-        Child {
-            node: Ref(u32::MAX),
-            hash: Hash::ZERO,
-        },
-    ],
-};
+const FREED: [Ref; 2] = [Ref(u32::MAX), Ref(u32::MAX)];
 
 impl Arena {
     fn new() -> Arena {
         // Index 0 of the internal nodes is the empty subtree's, never used.
         Arena {
-            internals: vec![FREED_INTERNAL],
+            children: vec![FREED],
+            hashes: vec![ChildHashes([Hash::ZERO; 2])],
             ..Arena::default()
         }
     }
 
-    fn internal(&self, index: usize) -> &InternalNode {
-        let node = &self.internals[index];
-        debug_assert_ne!(node.children[0].node, Ref(u32::MAX), "freed node read");
-        node
+    /// Child `side` (0 left, 1 right) of internal node `index`.
+    fn child(&self, index: usize, side: usize) -> Ref {
+        let children = &self.children[index];
+        debug_assert_ne!(*children, FREED, "freed node read");
+        children[side]
+    }
+
+    /// Both children of internal node `index`, with their hashes.
+    fn children(&self, index: usize) -> [Child; 2] {
+        let [left, right] = self.children[index];
+        debug_assert_ne!([left, right], FREED, "freed node read");
+        let [left_hash, right_hash] = self.hashes[index].0;
+        [
+            Child {
+                node: left,
+                hash: left_hash,
+            },
+            Child {
+                node: right,
+                hash: right_hash,
+            },
+        ]
     }
 
     fn leaf(&self, index: usize) -> &LeafNode {
@@ -197,18 +209,21 @@ impl Arena {
     }
 
     fn add_internal(&mut self, children: [Child; 2], made: &mut Vec<Ref>) -> Ref {
-        let node = InternalNode { children };
+        let refs = [children[0].node, children[1].node];
+        let hashes = ChildHashes([children[0].hash, children[1].hash]);
         let index = match self.free_internals.pop() {
             Some(index) => {
-                self.internals[index as usize] = node;
+                self.children[index as usize] = refs;
+                self.hashes[index as usize] = hashes;
                 index
             }
             None => {
-                let index = u32::try_from(self.internals.len())
+                let index = u32::try_from(self.children.len())
                     .ok()
                     .filter(|i| i & LEAF_BIT == 0)
                     .expect("state tree: more than 2^31 internal nodes");
-                self.internals.push(node);
+                self.children.push(refs);
+                self.hashes.push(hashes);
                 index
             }
         };
@@ -216,8 +231,8 @@ impl Arena {
         Ref(index)
     }
 
-    fn add_leaf(&mut self, key: Hash, value: Vec<u8>, made: &mut Vec<Ref>) -> Child {
-        let hash = leaf_hash(&key, &value_hash(&value));
+    fn add_leaf(&mut self, key: Hash, value: &[u8], made: &mut Vec<Ref>) -> Child {
+        let hash = leaf_hash(&key, &value_hash(value));
         let node = LeafNode {
             key,
             value: LeafValue::new(value),
@@ -246,7 +261,7 @@ impl Arena {
             match node.kind() {
                 Kind::Empty => {}
                 Kind::Internal(index) => {
-                    self.internals[index] = FREED_INTERNAL;
+                    self.children[index] = FREED;
                     self.free_internals.push(index as u32);
                 }
                 Kind::Leaf(index) => {
@@ -400,7 +415,7 @@ impl Tree {
                     return (leaf.key == *key).then(|| leaf.value.as_slice().to_vec());
                 }
                 Kind::Internal(index) => {
-                    node = arena.internal(index).children[usize::from(key_bit(key, depth))].node;
+                    node = arena.child(index, usize::from(key_bit(key, depth)));
                     depth += 1;
                 }
             }
@@ -423,8 +438,7 @@ impl Tree {
                 walking = 0;
                 for (lane, key) in chunk.iter().enumerate() {
                     if let Kind::Internal(index) = nodes[lane].kind() {
-                        nodes[lane] =
-                            arena.internal(index).children[usize::from(key_bit(key, depth))].node;
+                        nodes[lane] = arena.child(index, usize::from(key_bit(key, depth)));
                         walking += 1;
                     }
                 }
@@ -444,7 +458,7 @@ impl Tree {
 
     /// The tree with `changes` applied; `self` is unchanged. If a key appears more than
     /// once, the last entry wins.
-    pub fn update(&self, mut changes: Vec<TreeChange>) -> Tree {
+    pub fn update<V: AsRef<[u8]>>(&self, mut changes: Vec<TreeChange<V>>) -> Tree {
         if !changes.windows(2).all(|w| w[0].0 < w[1].0) {
             // A stable sort keeps equal keys in input order; keep the last of each run.
             changes.sort_by_key(|change| change.0);
@@ -502,10 +516,9 @@ impl Tree {
                     };
                 }
                 Kind::Internal(index) => {
-                    let children = &arena.internal(index).children;
                     let side = usize::from(key_bit(key, depth));
-                    siblings.push(children[1 - side].hash);
-                    node = children[side].node;
+                    siblings.push(arena.hashes[index].0[1 - side]);
+                    node = arena.child(index, side);
                     depth += 1;
                 }
             }
@@ -525,9 +538,8 @@ impl Tree {
                     out.push((leaf.key, leaf.value.as_slice().to_vec()));
                 }
                 Kind::Internal(index) => {
-                    let [left, right] = arena.internal(index).children;
-                    stack.push(right.node);
-                    stack.push(left.node);
+                    stack.push(arena.child(index, 1));
+                    stack.push(arena.child(index, 0));
                 }
             }
         }
@@ -544,9 +556,8 @@ impl Tree {
                 Kind::Empty => {}
                 Kind::Leaf(_) => count += 1,
                 Kind::Internal(index) => {
-                    let [left, right] = arena.internal(index).children;
-                    stack.push(right.node);
-                    stack.push(left.node);
+                    stack.push(arena.child(index, 1));
+                    stack.push(arena.child(index, 0));
                 }
             }
         }
@@ -558,7 +569,7 @@ impl Tree {
     pub fn arena_nodes(&self) -> (usize, usize) {
         let arena = self.shared.read();
         (
-            arena.internals.len() - 1 - arena.free_internals.len(),
+            arena.children.len() - 1 - arena.free_internals.len(),
             arena.leaves.len() - arena.free_leaves.len(),
         )
     }
@@ -574,14 +585,19 @@ struct Walk<'a> {
 impl Walk<'_> {
     /// Applies `changes` (sorted, distinct keys, all below `child`, which sits at
     /// `depth`). Values are moved out of `changes` into the new leaves.
-    fn update(&mut self, child: Child, depth: usize, changes: &mut [TreeChange]) -> Child {
+    fn update<V: AsRef<[u8]>>(
+        &mut self,
+        child: Child,
+        depth: usize,
+        changes: &mut [TreeChange<V>],
+    ) -> Child {
         if changes.is_empty() {
             return child;
         }
         match child.node.kind() {
             Kind::Internal(index) => {
                 assert!(depth < 256, "an internal node below the last key bit");
-                let [left, right] = self.arena.internal(index).children;
+                let [left, right] = self.arena.children(index);
                 let split = changes.partition_point(|(key, _)| !key_bit(key, depth));
                 let (left_changes, right_changes) = changes.split_at_mut(split);
                 let new_left = self.update(left, depth + 1, left_changes);
@@ -596,7 +612,7 @@ impl Walk<'_> {
                 let mut leaves = Vec::with_capacity(changes.len());
                 for (key, value) in changes.iter_mut() {
                     if let Some(value) = value.take() {
-                        leaves.push(self.arena.add_leaf(*key, value, self.made));
+                        leaves.push(self.arena.add_leaf(*key, value.as_ref(), self.made));
                     }
                 }
                 self.build(depth, &leaves)
@@ -609,7 +625,7 @@ impl Walk<'_> {
                 {
                     self.replaced.push(child.node);
                     return match value.take() {
-                        Some(value) => self.arena.add_leaf(*key, value, self.made),
+                        Some(value) => self.arena.add_leaf(*key, value.as_ref(), self.made),
                         None => Child::EMPTY,
                     };
                 }
@@ -626,7 +642,7 @@ impl Walk<'_> {
                         }
                     }
                     if let Some(value) = value.take() {
-                        leaves.push(self.arena.add_leaf(*key, value, self.made));
+                        leaves.push(self.arena.add_leaf(*key, value.as_ref(), self.made));
                     }
                 }
                 leaves.extend(kept);
@@ -713,7 +729,9 @@ impl VersionChain {
 
     /// The latest version.
     pub fn latest(&self) -> &Tree {
-        self.versions.back().expect("a chain holds at least one version")
+        self.versions
+            .back()
+            .expect("a chain holds at least one version")
     }
 
     /// The oldest kept version.
@@ -850,7 +868,7 @@ mod tests {
         let one = tree.update(vec![(h(1), Some(v(10)))]);
         assert_eq!(one.root_hash(), leaf_hash(&h(1), &value_hash(&v(10))));
         assert_eq!(tree.root_hash(), Hash::ZERO, "the old version is unchanged");
-        let none = one.update(vec![(h(1), None)]);
+        let none = one.update::<Vec<u8>>(vec![(h(1), None)]);
         assert!(none.is_empty());
         assert_eq!(one.get(&h(1)), Some(v(10)));
     }
@@ -878,7 +896,7 @@ mod tests {
         // Keys come back in order.
         let keys: Vec<Hash> = tree.leaves().into_iter().map(|(k, _)| k).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
-        let emptied = tree.update(leaves.iter().map(|(k, _)| (*k, None)).collect());
+        let emptied = tree.update::<Vec<u8>>(leaves.iter().map(|(k, _)| (*k, None)).collect());
         assert!(emptied.is_empty());
     }
 
@@ -900,7 +918,7 @@ mod tests {
                 .unwrap();
         }
         // Removing all but one collapses the chain back to a lone leaf at the root.
-        let one = tree.update(leaves[1..].iter().map(|(k, _)| (*k, None)).collect());
+        let one = tree.update::<Vec<u8>>(leaves[1..].iter().map(|(k, _)| (*k, None)).collect());
         assert_eq!(
             one.root_hash(),
             leaf_hash(&leaves[0].0, &value_hash(&leaves[0].1))
@@ -924,10 +942,12 @@ mod tests {
         let chain = VersionChain::start(&base);
         let before = base.arena_nodes();
         {
-            let changed = chain.latest().update(vec![(h(3), Some(v(99))), (h(500), Some(v(1)))]);
+            let changed = chain
+                .latest()
+                .update(vec![(h(3), Some(v(99))), (h(500), Some(v(1)))]);
             assert!(changed.arena_nodes().0 > before.0);
             // A removal of a key that is not there makes nothing.
-            let same = chain.latest().update(vec![(h(1000), None)]);
+            let same = chain.latest().update::<Vec<u8>>(vec![(h(1000), None)]);
             assert_eq!(same.root_hash(), base.root_hash());
         }
         assert_eq!(chain.latest().arena_nodes(), before);
@@ -935,16 +955,17 @@ mod tests {
 
     #[test]
     fn replaced_nodes_are_freed_once_no_version_or_reader_needs_them() {
-        let mut chain = VersionChain::start(&Tree::from_leaves(
-            (0..200).map(|i| (h(i), v(i))).collect(),
-        ));
+        let mut chain =
+            VersionChain::start(&Tree::from_leaves((0..200).map(|i| (h(i), v(i))).collect()));
         let first = chain.latest().clone();
         let first_root = first.root_hash();
         let mut roots = vec![first_root];
         for round in 0..20u64 {
-            let next = chain
-                .latest()
-                .update((0..10).map(|i| (h(i * 7 + round), Some(v(round)))).collect());
+            let next = chain.latest().update(
+                (0..10)
+                    .map(|i| (h(i * 7 + round), Some(v(round))))
+                    .collect(),
+            );
             chain.commit(&next).unwrap();
             roots.push(next.root_hash());
             chain.keep_latest(3);
@@ -968,9 +989,7 @@ mod tests {
         // versions at most, and far fewer internal nodes than 20 rounds made.
         assert!(without.1 <= 200 + 2 * 10, "{without:?}");
         // Nothing but the chain: everything of the dropped versions is back.
-        let stale = chain
-            .latest()
-            .update(vec![(h(5000), Some(v(1)))]);
+        let stale = chain.latest().update(vec![(h(5000), Some(v(1)))]);
         assert!(chain.commit(&stale).is_ok());
         assert!(chain.commit(&stale).is_err(), "committed twice");
         let other = Tree::from_leaves(vec![(h(1), v(1))]).update(vec![(h(2), Some(v(2)))]);
@@ -983,7 +1002,9 @@ mod tests {
         let mut forward = VersionChain::start(&start);
         let mut undo: Vec<Vec<TreeChange>> = Vec::new();
         for round in 1..=5u64 {
-            let changes: Vec<TreeChange> = (0..8).map(|i| (h(i * 11 + round), Some(v(round)))).collect();
+            let changes: Vec<TreeChange> = (0..8)
+                .map(|i| (h(i * 11 + round), Some(v(round))))
+                .collect();
             let old: Vec<TreeChange> = changes
                 .iter()
                 .map(|(k, _)| (*k, forward.latest().get(k)))
@@ -1010,8 +1031,15 @@ mod tests {
         let full = backward.latest().arena_nodes();
         backward.keep_latest(1);
         let pruned = backward.latest().arena_nodes();
-        assert!(pruned.0 < full.0 && pruned.1 < full.1, "{pruned:?} vs {full:?}");
-        assert_eq!(pruned.1, 100 + 0, "only the latest leaves remain: {pruned:?}");
+        assert!(
+            pruned.0 < full.0 && pruned.1 < full.1,
+            "{pruned:?} vs {full:?}"
+        );
+        assert_eq!(
+            pruned.1,
+            100 + 0,
+            "only the latest leaves remain: {pruned:?}"
+        );
         assert_eq!(reference(backward.latest()), backward.latest().root_hash());
     }
 }

@@ -620,10 +620,7 @@ impl Store {
         version: u64,
     ) -> Result<(Option<Vec<u8>>, SparseMerkleProof), LedgerError> {
         let state = self.state_at(version)?;
-        Ok((
-            state.tree.get(key),
-            state.tree.prove(key),
-        ))
+        Ok((state.tree.get(key), state.tree.prove(key)))
     }
 
     /// Checks the stored state from scratch: recomputes the root from every stored
