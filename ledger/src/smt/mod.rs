@@ -129,8 +129,6 @@ enum LeafValue {
         bytes: [u8; INLINE_VALUE_BYTES],
     },
     Heap(Box<[u8]>),
-    /// The slot is free (reading it is a bug, which debug builds assert).
-    Freed,
 }
 
 impl LeafValue {
@@ -151,7 +149,6 @@ impl LeafValue {
         match self {
             LeafValue::Inline { len, bytes } => &bytes[..*len as usize],
             LeafValue::Heap(bytes) => bytes,
-            LeafValue::Freed => panic!("state tree: read of a freed leaf"),
         }
     }
 }
@@ -165,32 +162,58 @@ struct Arena {
     leaves: Vec<LeafNode>,
     free_internals: Vec<u32>,
     free_leaves: Vec<u32>,
+    /// One bit per slot, set while it is free: reading a free slot is a bug, which
+    /// debug builds assert. A bitmap rather than a mark in the slot itself, because
+    /// freed slots are cold and writing a mark into each would miss the cache each time.
+    freed_internals: FreeBits,
+    freed_leaves: FreeBits,
 }
 
-/// Marks a freed internal node, so that debug builds catch a read of one.
-const FREED: [Ref; 2] = [Ref(u32::MAX), Ref(u32::MAX)];
+#[derive(Default)]
+struct FreeBits(Vec<u64>);
+
+impl FreeBits {
+    fn set(&mut self, index: usize, free: bool) {
+        let word = index / 64;
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        if free {
+            self.0[word] |= 1 << (index % 64);
+        } else {
+            self.0[word] &= !(1 << (index % 64));
+        }
+    }
+
+    fn is_set(&self, index: usize) -> bool {
+        self.0
+            .get(index / 64)
+            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+    }
+}
 
 impl Arena {
     fn new() -> Arena {
         // Index 0 of the internal nodes is the empty subtree's, never used.
-        Arena {
-            children: vec![FREED],
+        let mut arena = Arena {
+            children: vec![[Ref::EMPTY; 2]],
             hashes: vec![ChildHashes([Hash::ZERO; 2])],
             ..Arena::default()
-        }
+        };
+        arena.freed_internals.set(0, true);
+        arena
     }
 
     /// Child `side` (0 left, 1 right) of internal node `index`.
     fn child(&self, index: usize, side: usize) -> Ref {
-        let children = &self.children[index];
-        debug_assert_ne!(*children, FREED, "freed node read");
-        children[side]
+        debug_assert!(!self.freed_internals.is_set(index), "freed node read");
+        self.children[index][side]
     }
 
     /// Both children of internal node `index`, with their hashes.
     fn children(&self, index: usize) -> [Child; 2] {
+        debug_assert!(!self.freed_internals.is_set(index), "freed node read");
         let [left, right] = self.children[index];
-        debug_assert_ne!([left, right], FREED, "freed node read");
         let [left_hash, right_hash] = self.hashes[index].0;
         [
             Child {
@@ -205,6 +228,7 @@ impl Arena {
     }
 
     fn leaf(&self, index: usize) -> &LeafNode {
+        debug_assert!(!self.freed_leaves.is_set(index), "freed leaf read");
         &self.leaves[index]
     }
 
@@ -215,6 +239,7 @@ impl Arena {
             Some(index) => {
                 self.children[index as usize] = refs;
                 self.hashes[index as usize] = hashes;
+                self.freed_internals.set(index as usize, false);
                 index
             }
             None => {
@@ -240,6 +265,7 @@ impl Arena {
         let index = match self.free_leaves.pop() {
             Some(index) => {
                 self.leaves[index as usize] = node;
+                self.freed_leaves.set(index as usize, false);
                 index
             }
             None => {
@@ -261,11 +287,13 @@ impl Arena {
             match node.kind() {
                 Kind::Empty => {}
                 Kind::Internal(index) => {
-                    self.children[index] = FREED;
+                    debug_assert!(!self.freed_internals.is_set(index), "freed twice");
+                    self.freed_internals.set(index, true);
                     self.free_internals.push(index as u32);
                 }
                 Kind::Leaf(index) => {
-                    self.leaves[index].value = LeafValue::Freed;
+                    debug_assert!(!self.freed_leaves.is_set(index), "freed twice");
+                    self.freed_leaves.set(index, true);
                     self.free_leaves.push(index as u32);
                 }
             }
