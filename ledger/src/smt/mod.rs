@@ -1065,7 +1065,7 @@ mod tests {
         );
         assert_eq!(
             pruned.1,
-            100 + 0,
+            100,
             "only the latest leaves remain: {pruned:?}"
         );
         assert_eq!(reference(backward.latest()), backward.latest().root_hash());
