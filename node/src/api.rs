@@ -26,6 +26,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::driver::ConsensusStatus;
+use crate::intake::IntakeJob;
 use crate::mempool::{Admission, Intake, Mempool, MempoolLimits, PoolStatus};
 use crate::metrics::Metrics;
 use crate::network::PeerInfo;
@@ -43,12 +44,10 @@ pub struct ApiState {
     pub mempool_notify: Arc<Notify>,
     /// Accepted transactions to gossip.
     pub gossip: mpsc::Sender<Vec<u8>>,
-    /// The chain's signing domain.
-    pub domain: SigningDomain,
-    /// Mempool limits.
-    pub limits: MempoolLimits,
-    /// Decompressed signer keys (shared with gossip intake).
-    pub keys: Arc<KeyCache>,
+    /// The intake worker, which checks submitted transactions.
+    pub intake: mpsc::Sender<IntakeJob>,
+    /// The chain id.
+    pub chain_id: String,
     /// Consensus status.
     pub status: watch::Receiver<ConsensusStatus>,
     /// Connected peers.
@@ -220,12 +219,16 @@ async fn submit(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: By
             ),
         );
     }
-    let worker = state.clone();
-    let results = tokio::task::spawn_blocking(move || admit(&worker, raw)).await;
-    match results {
-        Ok(Ok(results)) => Json(json!({ "results": results })).into_response(),
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if state.intake.send(IntakeJob { raw, reply }).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
+    }
+    match answer.await {
+        Ok(Ok((raw, outcomes))) => {
+            Json(json!({ "results": report(&state, raw, outcomes) })).into_response()
+        }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down"),
     }
 }
 
@@ -246,25 +249,23 @@ pub fn admit_raw(
         keys: Some(keys),
     };
     let already = |hash: &Hash| {
-        if mempool
+        mempool
             .lock()
             .expect("mempool lock poisoned")
             .contains(hash)
-        {
-            return Some(Admission::AlreadyPending(*hash));
-        }
-        match store.tx_location(hash) {
-            Ok(Some(location)) => Some(Admission::Rejected(
-                Some(*hash),
-                crate::mempool::Rejection::Excluded(format!(
-                    "already committed at height {}",
-                    location.height
-                )),
-            )),
-            _ => None,
-        }
+            .then_some(Admission::AlreadyPending(*hash))
     };
-    let checked = intake.check(raw, &snapshot, &already);
+    let committed = |hash: &Hash| match store.tx_location(hash) {
+        Ok(Some(location)) => Some(Admission::Rejected(
+            Some(*hash),
+            crate::mempool::Rejection::Excluded(format!(
+                "already committed at height {}",
+                location.height
+            )),
+        )),
+        _ => None,
+    };
+    let checked = intake.check(raw, &snapshot, &already, &committed);
     drop(snapshot);
     Ok(mempool
         .lock()
@@ -272,21 +273,12 @@ pub fn admit_raw(
         .admit(checked))
 }
 
-fn admit(state: &ApiState, raw: Vec<Vec<u8>>) -> Result<Vec<SubmitResult>, String> {
-    let outcomes = admit_raw(
-        &state.store,
-        &state.mempool,
-        &state.domain,
-        &state.limits,
-        &state.keys,
-        &raw,
-    )?;
+/// The answer to a submission: its outcomes, and the accepted transactions gossiped.
+fn report(state: &ApiState, raw: Vec<Vec<u8>>, outcomes: Vec<Admission>) -> Vec<SubmitResult> {
     let mut results = Vec::with_capacity(outcomes.len());
-    let mut accepted = false;
     for (outcome, bytes) in outcomes.into_iter().zip(raw) {
         results.push(match outcome {
             Admission::Accepted(hash) => {
-                accepted = true;
                 if state.gossip.try_send(bytes).is_err() {
                     warn!("gossip queue full: transaction {hash} stays local");
                 }
@@ -311,12 +303,7 @@ fn admit(state: &ApiState, raw: Vec<Vec<u8>>) -> Result<Vec<SubmitResult>, Strin
             }
         });
     }
-    if accepted {
-        state.mempool_notify.notify_one();
-    }
-    let pool_len = state.mempool.lock().expect("mempool lock poisoned").len();
-    state.metrics.mempool_txs.set(pool_len as i64);
-    Ok(results)
+    results
 }
 
 fn parse_hash(text: &str) -> Result<Hash, (StatusCode, String)> {
@@ -550,7 +537,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Response {
     Json(json!({
         "node": state.node_name,
         "node_key": state.node_key,
-        "chain_id": state.domain.chain_id(),
+        "chain_id": state.chain_id,
         "genesis_hash": state.store.genesis_hash().to_hex(),
         "height": consensus.height,
         "block_hash": consensus.block_hash,

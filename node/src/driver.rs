@@ -547,8 +547,20 @@ impl Driver {
         let mempool = &self.parts.mempool;
         tokio::task::block_in_place(|| {
             let state = store.state_at(tip.height).map_err(|e| e.to_string())?;
-            let pool = mempool.lock().expect("mempool lock poisoned");
-            let known = |hash: &Hash| pool.contains(hash);
+            // Which transactions the pool checked on entry, taken in one short hold of
+            // its lock: holding it through the execution stalled every intake (API and
+            // gossip) for as long as a block takes, which made large blocks slower
+            // still and throughput collapse under load.
+            let pooled: std::collections::HashSet<Hash> = {
+                let pool = mempool.lock().expect("mempool lock poisoned");
+                block
+                    .txs
+                    .iter()
+                    .map(|tx| tx.hash())
+                    .filter(|hash| pool.contains(hash))
+                    .collect()
+            };
+            let known = |hash: &Hash| pooled.contains(hash);
             let outcome = validate_block(
                 &state,
                 &self.parts.context,

@@ -6,6 +6,7 @@ pub mod api;
 pub mod codec;
 pub mod driver;
 pub mod export;
+pub mod intake;
 pub mod localnet;
 pub mod mempool;
 pub mod metrics;

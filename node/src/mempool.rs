@@ -336,18 +336,20 @@ pub struct Checked {
 
 impl Intake<'_> {
     /// Decodes and checks raw transactions against `state` (the latest committed
-    /// state). `already` says whether a hash is already pending or committed, so
-    /// those skip the signature check. Returns, per input, either a transaction ready
-    /// for [`Mempool::admit`] or the outcome.
+    /// state). `already` says whether a hash is already pending, so those skip the
+    /// signature check; `committed` is asked about a transaction whose nonce is used
+    /// (an index lookup, so only then), to say where it was committed. Returns, per
+    /// input, either a transaction ready for [`Mempool::admit`] or the outcome.
     pub fn check<S: StateReader>(
         &self,
         raw: &[Vec<u8>],
         state: &S,
         already: &dyn Fn(&Hash) -> Option<Admission>,
+        committed: &dyn Fn(&Hash) -> Option<Admission>,
     ) -> Vec<Result<Checked, Admission>> {
         let mut out: Vec<Result<Checked, Admission>> = Vec::with_capacity(raw.len());
         for bytes in raw {
-            out.push(self.check_one(bytes, state, already));
+            out.push(self.check_one(bytes, state, already, committed));
         }
         let to_verify: Vec<(usize, &SignedTransaction)> = out
             .iter()
@@ -373,6 +375,7 @@ impl Intake<'_> {
         bytes: &[u8],
         state: &S,
         already: &dyn Fn(&Hash) -> Option<Admission>,
+        committed: &dyn Fn(&Hash) -> Option<Admission>,
     ) -> Result<Checked, Admission> {
         let tx = SignedTransaction::decode(bytes, self.limits.max_tx_bytes)
             .map_err(|e| Admission::Rejected(None, e.into()))?;
@@ -394,6 +397,9 @@ impl Intake<'_> {
             return Err(reject(Rejection::UnknownSigner(tx.tx.signer)));
         };
         if tx.tx.nonce < account.nonce {
+            if let Some(known) = committed(&hash) {
+                return Err(known);
+            }
             return Err(reject(Rejection::NonceUsed {
                 got: tx.tx.nonce,
                 next: account.nonce,
@@ -526,7 +532,7 @@ mod tests {
             limits: &limits,
             keys: None,
         };
-        let checked = intake.check(&raw, state, &|_| None);
+        let checked = intake.check(&raw, state, &|_| None, &|_| None);
         pool.admit(checked)
     }
 

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
 use crate::driver::{Driver, DriverParts, load_safety};
+use crate::intake;
 use crate::mempool::{Mempool, MempoolLimits};
 use crate::metrics::Metrics;
 use crate::network::{self, NetCommand, NetworkConfig};
@@ -173,18 +174,19 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
     tokio::spawn(gossip_out(gossip_out_rx, network.commands.clone()));
     // Every signature check of the node shares one cache of decompressed keys.
     let keys = Arc::new(KeyCache::new(KEY_CACHE_ENTRIES));
-    tokio::spawn(gossip_in(
-        gossip_in_rx,
-        store.clone(),
-        mempool.clone(),
-        mempool_notify.clone(),
-        EntryChecks {
+    let (intake_tx, intake_rx) = mpsc::channel(intake::INTAKE_QUEUE_JOBS);
+    tokio::spawn(
+        intake::IntakeWorker {
+            store: store.clone(),
+            mempool: mempool.clone(),
+            notify: mempool_notify.clone(),
             domain: domain.clone(),
             limits: limits.clone(),
-            keys: keys.clone(),
-        },
-        metrics.clone(),
-    ));
+            keys,
+            metrics: metrics.clone(),
+        }
+        .run(intake_rx, gossip_in_rx),
+    );
 
     // Consensus.
     let context = ChainContext {
@@ -227,9 +229,8 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
         mempool,
         mempool_notify,
         gossip: gossip_out_tx,
-        domain,
-        limits,
-        keys,
+        intake: intake_tx,
+        chain_id: domain.chain_id().to_owned(),
         status: status_rx,
         peers: network.peers.clone(),
         tip: tip_rx,
@@ -294,68 +295,33 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// Batches accepted transactions for gossip: a batch leaves when it is full or when
-/// its oldest transaction has waited [`GOSSIP_DELAY`].
+/// Batches accepted transactions for gossip, at most one batch per [`GOSSIP_DELAY`]:
+/// a transaction that arrives when nothing was sent for that long leaves at once (a
+/// lone transaction is not held back), and under load the batch gathers whatever
+/// arrives until the delay since the last batch has passed, or it is full.
 async fn gossip_out(mut rx: mpsc::Receiver<Vec<u8>>, net: mpsc::Sender<NetCommand>) {
+    let mut last_sent = tokio::time::Instant::now() - GOSSIP_DELAY;
     while let Some(first) = rx.recv().await {
         let mut bytes = first.len();
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + GOSSIP_DELAY;
+        let deadline = last_sent + GOSSIP_DELAY;
         while bytes < GOSSIP_BATCH_BYTES {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(tx)) => {
-                    bytes += tx.len();
-                    batch.push(tx);
-                }
-                Ok(None) | Err(_) => break,
-            }
+            let next = if tokio::time::Instant::now() >= deadline {
+                // Take what is already queued, without waiting.
+                rx.try_recv().ok()
+            } else {
+                tokio::time::timeout_at(deadline, rx.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            let Some(tx) = next else { break };
+            bytes += tx.len();
+            batch.push(tx);
         }
+        last_sent = tokio::time::Instant::now();
         if net.send(NetCommand::GossipTxs(batch)).await.is_err() {
             return;
-        }
-    }
-}
-
-/// What checking transactions at mempool entry takes.
-#[derive(Clone)]
-struct EntryChecks {
-    domain: stele_consensus::SigningDomain,
-    limits: MempoolLimits,
-    keys: Arc<KeyCache>,
-}
-
-/// Admits gossiped transaction batches (signatures checked in one batch each).
-async fn gossip_in(
-    mut rx: mpsc::Receiver<Vec<Vec<u8>>>,
-    store: Arc<Store>,
-    mempool: Arc<Mutex<Mempool>>,
-    notify: Arc<Notify>,
-    checks: EntryChecks,
-    metrics: Arc<Metrics>,
-) {
-    while let Some(batch) = rx.recv().await {
-        let store = store.clone();
-        let mempool_for_task = mempool.clone();
-        let checks = checks.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            api::admit_raw(
-                &store,
-                &mempool_for_task,
-                &checks.domain,
-                &checks.limits,
-                &checks.keys,
-                &batch,
-            )
-        })
-        .await;
-        if let Ok(Ok(outcomes)) = outcome
-            && outcomes
-                .iter()
-                .any(|o| matches!(o, crate::mempool::Admission::Accepted(_)))
-        {
-            notify.notify_one();
-            let len = mempool.lock().expect("mempool lock poisoned").len();
-            metrics.mempool_txs.set(len as i64);
         }
     }
 }

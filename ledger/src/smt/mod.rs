@@ -1063,11 +1063,7 @@ mod tests {
             pruned.0 < full.0 && pruned.1 < full.1,
             "{pruned:?} vs {full:?}"
         );
-        assert_eq!(
-            pruned.1,
-            100,
-            "only the latest leaves remain: {pruned:?}"
-        );
+        assert_eq!(pruned.1, 100, "only the latest leaves remain: {pruned:?}");
         assert_eq!(reference(backward.latest()), backward.latest().root_hash());
     }
 }
