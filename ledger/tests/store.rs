@@ -203,3 +203,27 @@ impl TestChainExt for TestChain {
 trait TestChainExt {
     fn tip_state_root(&self) -> Hash;
 }
+
+/// The kept window bounds the tree's memory: after many blocks, the arena holds about
+/// what the kept heights need, not everything every block ever made. (A leaked handle
+/// on an old version, or a reclamation bug, makes the node count grow with the chain.)
+#[test]
+fn tree_memory_stays_bounded_by_the_kept_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain(400);
+    let store = Store::open(dir.path(), &chain.genesis, options(4)).unwrap();
+    let mut counts = Vec::new();
+    for stretch in 0..4 {
+        commit_all(&store, &chain, stretch * 100, (stretch + 1) * 100);
+        let tree = store.state_at(store.tip().height).unwrap().tree().unwrap();
+        counts.push(tree.arena_nodes());
+    }
+    // Eight accounts plus two state entries; four kept heights of five transfers each
+    // add a few dozen nodes at most, whatever the chain's length.
+    for (internal, leaves) in &counts {
+        assert!(*leaves <= 10 + 4 * 12, "{counts:?}");
+        assert!(*internal <= 10 + 4 * 40, "{counts:?}");
+    }
+    assert_eq!(counts[1], counts[3], "steady state: {counts:?}");
+    store.check_integrity().unwrap();
+}
