@@ -29,7 +29,7 @@ use crate::state::{
     Account, ScheduledChange, StateDelta, StateKey, StateReader, ValidatorChange,
     ValidatorSchedule, ValueChange,
 };
-use crate::tx::{Operation, Role, SignedTransaction, verify_signatures};
+use crate::tx::{KeyCache, Operation, Role, SignedTransaction, verify_signatures_cached};
 
 /// The last committed block (or the genesis, at height 0): what the next block builds on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +49,9 @@ pub struct ChainContext {
     pub domain: SigningDomain,
     /// The genesis parameters.
     pub params: ChainParams,
+    /// Decompressed signer keys to reuse when checking a block's signatures (a node
+    /// shares one with its mempool intake); `None` decompresses every signer's key.
+    pub keys: Option<std::sync::Arc<KeyCache>>,
 }
 
 impl ChainContext {
@@ -817,7 +820,7 @@ fn check_signatures(
         .map(|(i, (tx, _))| (i, tx))
         .collect();
     let refs: Vec<&SignedTransaction> = unverified.iter().map(|(_, tx)| *tx).collect();
-    let results = verify_signatures(&context.domain, &refs);
+    let results = verify_signatures_cached(&context.domain, &refs, context.keys.as_deref());
     match unverified.iter().zip(results).find(|(_, r)| r.is_err()) {
         Some(((index, _), Err(error))) => Err(BlockError::BadTransactionSignature {
             index: *index,

@@ -58,6 +58,7 @@ impl HistoryVerifier {
             context: ChainContext {
                 domain: genesis.signing_domain()?,
                 params: genesis.params.clone(),
+                keys: None,
             },
             state: genesis.memory_state()?,
             tip: ChainTip {

@@ -276,6 +276,12 @@ pub struct KeyCache {
     keys: Mutex<LruCache<PublicKey, VerificationKey>>,
 }
 
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache").finish_non_exhaustive()
+    }
+}
+
 impl KeyCache {
     /// A cache of at most `capacity` keys (about 250 bytes each).
     pub fn new(capacity: usize) -> KeyCache {

@@ -56,6 +56,7 @@ fn crash_child_commit_loop() {
     let context = ChainContext {
         domain: genesis.signing_domain().unwrap(),
         params: genesis.params.clone(),
+        keys: None,
     };
     loop {
         commit_next_block(&store, &context);
@@ -251,6 +252,7 @@ fn crash_and_reopen_many_times() {
         let context = ChainContext {
             domain: genesis.signing_domain().unwrap(),
             params: genesis.params.clone(),
+            keys: None,
         };
         commit_next_block(&store, &context);
         let block = store.block(tip.height + 1).unwrap().unwrap();

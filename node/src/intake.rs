@@ -6,7 +6,8 @@
 //! - **Batch size.** Peers gossip every few milliseconds, so a gossiped batch holds a
 //!   dozen transactions or so; ed25519 batch verification costs much more per
 //!   signature at that size than at hundreds. Jobs that queued while the last check
-//!   ran are checked together, up to [`INTAKE_BATCH_TXS`] transactions.
+//!   ran are checked together, up to [`INTAKE_BATCH_TXS`] transactions (a check of that many
+//!   takes about 10 ms, which bounds how long a transaction waits for it).
 //! - **Priority.** Each API request used to check its own transactions on a blocking
 //!   thread of its own, so under load a node ran many checks at once and they took
 //!   the cores from the consensus driver, whose blocks then took longer and grew,
@@ -26,7 +27,7 @@ use crate::mempool::{Admission, Mempool, MempoolLimits};
 use crate::metrics::Metrics;
 
 /// Transactions checked together at most.
-pub const INTAKE_BATCH_TXS: usize = 2048;
+pub const INTAKE_BATCH_TXS: usize = 512;
 
 /// Submissions waiting for the worker at most (each up to the API's per-request cap).
 pub const INTAKE_QUEUE_JOBS: usize = 64;

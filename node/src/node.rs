@@ -161,6 +161,7 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
         let context = ChainContext {
             domain: domain.clone(),
             params: genesis.params.clone(),
+            keys: None,
         };
         let set = stele_ledger::exec::BlockExecutor::new(&state, &context)?
             .validator_set()
@@ -182,16 +183,17 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
             notify: mempool_notify.clone(),
             domain: domain.clone(),
             limits: limits.clone(),
-            keys,
+            keys: keys.clone(),
             metrics: metrics.clone(),
         }
         .run(intake_rx, gossip_in_rx),
     );
 
-    // Consensus.
+    // Consensus. Proposals' signatures not checked at entry share the intake's keys.
     let context = ChainContext {
         domain: domain.clone(),
         params: genesis.params.clone(),
+        keys: Some(keys),
     };
     let mut engine_config = EngineConfig::new(domain.clone());
     engine_config.view_timeout_base_ms = genesis.params.view_timeout_base_ms;

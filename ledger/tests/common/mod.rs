@@ -103,6 +103,7 @@ impl TestChain {
         let context = ChainContext {
             domain: genesis.signing_domain().unwrap(),
             params: genesis.params.clone(),
+            keys: None,
         };
         let state = genesis.memory_state().unwrap();
         let tip = ChainTip {
