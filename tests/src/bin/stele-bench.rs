@@ -229,6 +229,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             .iter()
             .map(|r| r.committed_tps)
             .fold(0.0_f64, f64::max);
+        if sweep.len() == 1 {
+            eprintln!(
+                "the first step already fell behind: T is the rate committed while overloaded; \
+                 a lower --sweep-start reaches saturation from below"
+            );
+        }
         saturation = Some(best);
         0.8 * best
     } else {
@@ -251,6 +257,8 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         "s": s,
         "t": t,
         "t_is_saturation": saturation.is_some(),
+        // A sweep whose first step fell behind never saw the network keep up.
+        "t_from_first_step_overloaded": saturation.is_some() && sweep.len() == 1,
         "r": r,
         "lone_p50_ms": lone,
         "sweep": sweep.iter().map(RunResult::to_json).collect::<Vec<_>>(),
@@ -754,7 +762,9 @@ fn print_table(report: &Value, r: &RunResult) {
     println!(
         "  T              {:.0} tx/s ({})",
         report["t"].as_f64().unwrap_or(f64::NAN),
-        if report["t_is_saturation"] == true {
+        if report["t_from_first_step_overloaded"] == true {
+            "committed at the sweep's first step, already overloaded: start lower"
+        } else if report["t_is_saturation"] == true {
             "saturation, from the sweep"
         } else {
             "committed at the offered rate; not a saturation figure without --sweep"
