@@ -263,6 +263,13 @@ fn bench_smt(c: &mut Criterion) {
         "after bench: {} values, {} kept heights, height {}",
         report.values, report.versions, report.height
     );
+    let tree = state.store.tree().expect("latest tree");
+    let (live, slots) = (tree.arena_nodes(), tree.arena_slots());
+    eprintln!(
+        "tree arena: {} internal nodes in {} slots, {} leaves in {} slots",
+        live.0, slots.0, live.1, slots.1
+    );
+    drop(tree);
     // Reopening rebuilds the tree from every value and the kept heights from the undo
     // records: what a node restart costs at this size.
     let StateBench {

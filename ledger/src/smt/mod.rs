@@ -160,35 +160,117 @@ struct Arena {
     children: Vec<[Ref; 2]>,
     hashes: Vec<ChildHashes>,
     leaves: Vec<LeafNode>,
-    free_internals: Vec<u32>,
-    free_leaves: Vec<u32>,
-    /// One bit per slot, set while it is free: reading a free slot is a bug, which
-    /// debug builds assert. A bitmap rather than a mark in the slot itself, because
-    /// freed slots are cold and writing a mark into each would miss the cache each time.
-    freed_internals: FreeBits,
-    freed_leaves: FreeBits,
+    internal_slots: Slots,
+    leaf_slots: Slots,
 }
 
-#[derive(Default)]
-struct FreeBits(Vec<u64>);
+/// Slots per chunk of a node array: [`Slots`] fills one chunk at a time.
+const CHUNK_SLOTS: usize = 4096;
 
-impl FreeBits {
-    fn set(&mut self, index: usize, free: bool) {
-        let word = index / 64;
-        if word >= self.0.len() {
-            self.0.resize(word + 1, 0);
-        }
-        if free {
-            self.0[word] |= 1 << (index % 64);
-        } else {
-            self.0[word] &= !(1 << (index % 64));
+/// A chunk is refilled only while at least this many of its slots are free; when no
+/// chunk has that many, the array grows by a chunk instead. This bounds the arena at
+/// about 4/3 of its live nodes in the worst case, while each refill still places a
+/// thousand nodes or more within a few hundred kilobytes.
+const REFILL_MIN_FREE: u32 = (CHUNK_SLOTS / 4) as u32;
+
+/// Which slots of one node array are free, and where new nodes go.
+///
+/// New nodes fill one chunk of the array at a time, in address order, rather than
+/// taking freed slots wherever they lie. A block's update makes about a dozen nodes
+/// per changed key; the slots its nodes replace, freed when their version is no longer
+/// kept, lie all over an arena of hundreds of megabytes, and writing into them one by
+/// one costs a cache miss and a TLB miss per node. Filled by chunk, the same writes
+/// land on a few dozen pages. Measured at a million keys (the state bench, 1,000-key
+/// blocks, same machine and day): the tree update went from 9.5 ms with a LIFO free
+/// list to 6.1-6.9 ms.
+#[derive(Default)]
+struct Slots {
+    /// One bit per slot of the array, set while the slot is free.
+    free: Vec<u64>,
+    /// Free slots per chunk.
+    chunk_free: Vec<u32>,
+    /// Free slots in all.
+    free_count: usize,
+    /// The chunk being filled, and the first of its slots not yet looked at.
+    filling: Option<(usize, usize)>,
+    /// Slots still to be appended at the end of the array before a chunk is chosen
+    /// again.
+    appending: usize,
+}
+
+impl Slots {
+    fn is_free(&self, slot: usize) -> bool {
+        self.free
+            .get(slot / 64)
+            .is_some_and(|word| word & (1 << (slot % 64)) != 0)
+    }
+
+    /// A free slot for a new node, or `None`: then the node goes at the end of the
+    /// array, of which `len` slots exist, and the caller tells [`Slots::appended`].
+    fn take(&mut self, len: usize) -> Option<usize> {
+        loop {
+            if let Some((chunk, next)) = self.filling {
+                let end = ((chunk + 1) * CHUNK_SLOTS).min(len);
+                if let Some(slot) = self.next_free(next, end) {
+                    self.free[slot / 64] &= !(1 << (slot % 64));
+                    self.chunk_free[chunk] -= 1;
+                    self.free_count -= 1;
+                    self.filling = Some((chunk, slot + 1));
+                    return Some(slot);
+                }
+                self.filling = None;
+            }
+            if self.appending > 0 {
+                self.appending -= 1;
+                return None;
+            }
+            let best = self
+                .chunk_free
+                .iter()
+                .enumerate()
+                .max_by_key(|&(_, free)| *free)
+                .filter(|&(_, free)| *free >= REFILL_MIN_FREE);
+            match best {
+                Some((chunk, _)) => self.filling = Some((chunk, chunk * CHUNK_SLOTS)),
+                None => self.appending = CHUNK_SLOTS,
+            }
         }
     }
 
-    fn is_set(&self, index: usize) -> bool {
-        self.0
-            .get(index / 64)
-            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+    /// The first free slot in `from..end`.
+    fn next_free(&self, from: usize, end: usize) -> Option<usize> {
+        let mut word_index = from / 64;
+        let mut word = self.free.get(word_index)? & (u64::MAX << (from % 64));
+        loop {
+            if word != 0 {
+                let slot = word_index * 64 + word.trailing_zeros() as usize;
+                return (slot < end).then_some(slot);
+            }
+            word_index += 1;
+            if word_index * 64 >= end {
+                return None;
+            }
+            word = *self.free.get(word_index)?;
+        }
+    }
+
+    /// Slot `slot` was added at the end of the array.
+    fn appended(&mut self, slot: usize) {
+        let chunks = slot / CHUNK_SLOTS + 1;
+        if self.chunk_free.len() < chunks {
+            self.chunk_free.resize(chunks, 0);
+        }
+    }
+
+    fn release(&mut self, slot: usize) {
+        debug_assert!(!self.is_free(slot), "freed twice");
+        let word = slot / 64;
+        if word >= self.free.len() {
+            self.free.resize(word + 1, 0);
+        }
+        self.free[word] |= 1 << (slot % 64);
+        self.chunk_free[slot / CHUNK_SLOTS] += 1;
+        self.free_count += 1;
     }
 }
 
@@ -200,19 +282,20 @@ impl Arena {
             hashes: vec![ChildHashes([Hash::ZERO; 2])],
             ..Arena::default()
         };
-        arena.freed_internals.set(0, true);
+        // Slot 0 never holds a node, and is never handed out.
+        arena.internal_slots.appended(0);
         arena
     }
 
     /// Child `side` (0 left, 1 right) of internal node `index`.
     fn child(&self, index: usize, side: usize) -> Ref {
-        debug_assert!(!self.freed_internals.is_set(index), "freed node read");
+        debug_assert!(!self.internal_slots.is_free(index), "freed node read");
         self.children[index][side]
     }
 
     /// Both children of internal node `index`, with their hashes.
     fn children(&self, index: usize) -> [Child; 2] {
-        debug_assert!(!self.freed_internals.is_set(index), "freed node read");
+        debug_assert!(!self.internal_slots.is_free(index), "freed node read");
         let [left, right] = self.children[index];
         let [left_hash, right_hash] = self.hashes[index].0;
         [
@@ -228,25 +311,25 @@ impl Arena {
     }
 
     fn leaf(&self, index: usize) -> &LeafNode {
-        debug_assert!(!self.freed_leaves.is_set(index), "freed leaf read");
+        debug_assert!(!self.leaf_slots.is_free(index), "freed leaf read");
         &self.leaves[index]
     }
 
     fn add_internal(&mut self, children: [Child; 2], made: &mut Vec<Ref>) -> Ref {
         let refs = [children[0].node, children[1].node];
         let hashes = ChildHashes([children[0].hash, children[1].hash]);
-        let index = match self.free_internals.pop() {
+        let index = match self.internal_slots.take(self.children.len()) {
             Some(index) => {
-                self.children[index as usize] = refs;
-                self.hashes[index as usize] = hashes;
-                self.freed_internals.set(index as usize, false);
-                index
+                self.children[index] = refs;
+                self.hashes[index] = hashes;
+                index as u32
             }
             None => {
                 let index = u32::try_from(self.children.len())
                     .ok()
                     .filter(|i| i & LEAF_BIT == 0)
                     .expect("state tree: more than 2^31 internal nodes");
+                self.internal_slots.appended(self.children.len());
                 self.children.push(refs);
                 self.hashes.push(hashes);
                 index
@@ -262,17 +345,17 @@ impl Arena {
             key,
             value: LeafValue::new(value),
         };
-        let index = match self.free_leaves.pop() {
+        let index = match self.leaf_slots.take(self.leaves.len()) {
             Some(index) => {
-                self.leaves[index as usize] = node;
-                self.freed_leaves.set(index as usize, false);
-                index
+                self.leaves[index] = node;
+                index as u32
             }
             None => {
                 let index = u32::try_from(self.leaves.len())
                     .ok()
                     .filter(|i| i & LEAF_BIT == 0)
                     .expect("state tree: more than 2^31 leaves");
+                self.leaf_slots.appended(self.leaves.len());
                 self.leaves.push(node);
                 index
             }
@@ -286,16 +369,8 @@ impl Arena {
         for node in nodes {
             match node.kind() {
                 Kind::Empty => {}
-                Kind::Internal(index) => {
-                    debug_assert!(!self.freed_internals.is_set(index), "freed twice");
-                    self.freed_internals.set(index, true);
-                    self.free_internals.push(index as u32);
-                }
-                Kind::Leaf(index) => {
-                    debug_assert!(!self.freed_leaves.is_set(index), "freed twice");
-                    self.freed_leaves.set(index, true);
-                    self.free_leaves.push(index as u32);
-                }
+                Kind::Internal(index) => self.internal_slots.release(index),
+                Kind::Leaf(index) => self.leaf_slots.release(index),
             }
         }
     }
@@ -592,13 +667,20 @@ impl Tree {
         count
     }
 
+    /// Slots in the arena this tree belongs to, internal and leaves, free or not: what
+    /// its memory holds room for. For tests and memory accounting.
+    pub fn arena_slots(&self) -> (usize, usize) {
+        let arena = self.shared.read();
+        (arena.children.len() - 1, arena.leaves.len())
+    }
+
     /// Nodes in the arena this tree belongs to (all versions), internal and leaves,
     /// not counting freed slots. For tests and memory accounting.
     pub fn arena_nodes(&self) -> (usize, usize) {
         let arena = self.shared.read();
         (
-            arena.children.len() - 1 - arena.free_internals.len(),
-            arena.leaves.len() - arena.free_leaves.len(),
+            arena.children.len() - 1 - arena.internal_slots.free_count,
+            arena.leaves.len() - arena.leaf_slots.free_count,
         )
     }
 }
@@ -1022,6 +1104,61 @@ mod tests {
         assert!(chain.commit(&stale).is_err(), "committed twice");
         let other = Tree::from_leaves(vec![(h(1), v(1))]).update(vec![(h(2), Some(v(2)))]);
         assert_eq!(chain.commit(&other), Err(NotNextVersion));
+    }
+
+    /// Slots are refilled a chunk at a time instead of one by one; the arena must still
+    /// reuse what versions leave behind and grow no further than the bound
+    /// `REFILL_MIN_FREE` sets (about 4/3 of the live nodes, plus the chunk being
+    /// appended), however long the chain runs.
+    #[test]
+    fn arena_reuses_freed_slots_within_its_bound() {
+        const KEYS: u64 = 30_000;
+        const KEEP: usize = 6;
+        let mut chain = VersionChain::start(&Tree::from_leaves(
+            (0..KEYS).map(|i| (h(i), v(i))).collect(),
+        ));
+        let mut peak_live = chain.latest().arena_nodes();
+        let mut slots_after = Vec::new();
+        let mut state = 1u64;
+        for round in 0..300u64 {
+            // Deterministic pseudo-random keys, some updated, some removed, some new.
+            let changes: Vec<TreeChange> = (0..400)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let key = (state >> 33) % (KEYS + KEYS / 10);
+                    let value = (!state.is_multiple_of(10)).then(|| v(round));
+                    (h(key), value)
+                })
+                .collect();
+            let next = chain.latest().update(changes);
+            chain.commit(&next).unwrap();
+            chain.keep_latest(KEEP);
+            let live = chain.latest().arena_nodes();
+            peak_live = (peak_live.0.max(live.0), peak_live.1.max(live.1));
+            slots_after.push(chain.latest().arena_slots());
+        }
+        let (internal_slots, leaf_slots) = *slots_after.last().unwrap();
+        let bound = |live: usize| live * 4 / 3 + 2 * CHUNK_SLOTS;
+        assert!(
+            internal_slots <= bound(peak_live.0) && leaf_slots <= bound(peak_live.1),
+            "slots {:?}, peak live {peak_live:?}",
+            (internal_slots, leaf_slots)
+        );
+        // The second half of the run, in its steady state, grows the arena by at most
+        // a chunk or two, not by the ~5,000 nodes every round makes.
+        let half = slots_after[slots_after.len() / 2];
+        assert!(
+            internal_slots - half.0 <= 2 * CHUNK_SLOTS,
+            "internal slots grew from {} to {internal_slots}",
+            half.0
+        );
+        // Every kept version is intact after all the reuse.
+        for back in 0..KEEP {
+            let tree = chain.back(back).unwrap();
+            assert_eq!(reference(tree), tree.root_hash());
+        }
     }
 
     #[test]
