@@ -1,9 +1,17 @@
 //! The consensus driver: the only owner of the engine.
 //!
 //! It feeds the engine its inputs (network messages, timer firings, blocks it built or
-//! checked) and carries out the effects **in the order given**, which is the engine's
-//! contract: a `PersistSafety` is written to RocksDB with fsync before the next effect
-//! runs, so no message it guards leaves before it is durable.
+//! checked) and carries out the effects **in the order given**. The engine's contract
+//! is that a `PersistSafety` is durable before any message after it leaves: the driver
+//! keeps the latest such state and writes it to RocksDB, with fsync, just before the
+//! next message is sent. Each state is whole, so one write stands for every state the
+//! engine emitted since the last: a leader starting a height emits one on entering it
+//! and another with its proposal, and a replica one on entering it, and all of these go
+//! to disk as the single write before the proposal or the prepare vote. That is one
+//! fsync fewer per validator and height, on a disk the validators of a machine share.
+//! A state no message followed (a view entered on a timeout, with nothing sent yet) may
+//! be lost in a crash; that is safe, since no other validator has seen anything that
+//! depends on it, and it is written with the next message or when the driver stops.
 //!
 //! - Proposals are built from the mempool and executed through the ledger; a received
 //!   proposal is validated (header links, certificates, sizes, signatures not already
@@ -132,6 +140,33 @@ pub struct Driver {
     /// A certificate seen for a later height.
     sync_target: u64,
     last_committed_txs: usize,
+    /// The engine's latest safety state, when not yet written.
+    unsaved_safety: Option<Box<SafetyState>>,
+}
+
+/// Keeps only the last safety state of one effect list, in the place of the first: it
+/// then precedes every message any of them guarded. A later state holds every promise
+/// of an earlier one (votes and locks only accumulate, views only rise), so writing it
+/// before the earlier one's messages is as safe, and saves a write: a leader's proposal
+/// and its own prepare vote, one after the other in one list, need one fsync, not two.
+fn coalesce_safety(mut effects: Vec<Effect>) -> Vec<Effect> {
+    let is_safety = |e: &Effect| matches!(e, Effect::PersistSafety(_));
+    let (Some(first), Some(last)) = (
+        effects.iter().position(is_safety),
+        effects.iter().rposition(is_safety),
+    ) else {
+        return effects;
+    };
+    if first == last {
+        return effects;
+    }
+    effects.swap(first, last);
+    effects
+        .into_iter()
+        .enumerate()
+        .filter(|(i, e)| *i <= first || !is_safety(e))
+        .map(|(_, e)| e)
+        .collect()
 }
 
 fn now_ms() -> u64 {
@@ -197,6 +232,7 @@ impl Driver {
             syncing: None,
             sync_target: 0,
             last_committed_txs: 0,
+            unsaved_safety: None,
         })
     }
 
@@ -231,6 +267,7 @@ impl Driver {
             self.maybe_start_height()?;
             self.publish_status();
         }
+        self.save_safety()?;
         info!("consensus driver stopped");
         Ok(())
     }
@@ -332,11 +369,21 @@ impl Driver {
         Ok(())
     }
 
+    /// Writes the engine's latest safety state, if it changed since the last write.
+    fn save_safety(&mut self) -> anyhow::Result<()> {
+        if let Some(state) = self.unsaved_safety.take() {
+            let bytes = borsh::to_vec(&*state)?;
+            let store = self.parts.store.clone();
+            tokio::task::block_in_place(|| store.put_safety_record(SAFETY_KEY, &bytes))?;
+        }
+        Ok(())
+    }
+
     /// Gives the engine one input and carries out its effects in order.
     fn feed(&mut self, input: Input) -> anyhow::Result<()> {
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
-            let effects = self.parts.engine.handle(input);
+            let effects = coalesce_safety(self.parts.engine.handle(input));
             for effect in effects {
                 if let Some(next) = self.on_effect(effect)? {
                     queue.push_back(next);
@@ -349,12 +396,11 @@ impl Driver {
     fn on_effect(&mut self, effect: Effect) -> anyhow::Result<Option<Input>> {
         match effect {
             Effect::PersistSafety(state) => {
-                let bytes = borsh::to_vec(&*state)?;
-                let store = self.parts.store.clone();
-                tokio::task::block_in_place(|| store.put_safety_record(SAFETY_KEY, &bytes))?;
+                self.unsaved_safety = Some(state);
                 Ok(None)
             }
             Effect::Broadcast(bytes) => {
+                self.save_safety()?;
                 if let Ok(message) = ConsensusMessage::decode(&bytes, bytes.len())
                     && matches!(message, ConsensusMessage::ViewChange { .. })
                 {
@@ -779,5 +825,63 @@ impl Driver {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(view: u64) -> Effect {
+        Effect::PersistSafety(Box::new(SafetyState {
+            height: 1,
+            view,
+            ..SafetyState::default()
+        }))
+    }
+
+    fn shape(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .map(|e| match e {
+                Effect::PersistSafety(s) => format!("safety {}", s.view),
+                Effect::Broadcast(bytes) => format!("send {}", bytes[0]),
+                _ => "other".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_safety_write_per_effect_list_before_its_first_guarded_message() {
+        let timer = Effect::ScheduleTimeout {
+            height: 1,
+            view: 0,
+            round: 0,
+            after_ms: 10,
+        };
+        let effects = vec![
+            Effect::Broadcast(vec![0]),
+            timer,
+            state(1),
+            Effect::Broadcast(vec![1]),
+            state(2),
+            Effect::Broadcast(vec![2]),
+            state(3),
+        ];
+        assert_eq!(
+            shape(&coalesce_safety(effects)),
+            ["send 0", "other", "safety 3", "send 1", "send 2"]
+        );
+        // One state, or none, is left as it is.
+        let one = vec![
+            Effect::Broadcast(vec![0]),
+            state(4),
+            Effect::Broadcast(vec![1]),
+        ];
+        assert_eq!(
+            shape(&coalesce_safety(one)),
+            ["send 0", "safety 4", "send 1"]
+        );
+        assert!(coalesce_safety(Vec::new()).is_empty());
     }
 }
