@@ -500,6 +500,17 @@ mod tests {
         SigningKey::from_seed([n; 32])
     }
 
+    /// Keys `key(first)`, `key(first + 1)`, .. (`count` of them) and their verification
+    /// keys.
+    fn keys_from(first: u8, count: u8) -> (Vec<SigningKey>, Vec<VerificationKey>) {
+        let keys: Vec<SigningKey> = (0..count).map(|i| key(first + i)).collect();
+        let vks = keys
+            .iter()
+            .map(|k| k.public_key().verification_key().unwrap())
+            .collect();
+        (keys, vks)
+    }
+
     /// The byte blocklist is exactly the set of canonical-y encodings of small-order
     /// points: each entry decompresses to one, and the multiples of an order-8 point
     /// (the whole torsion subgroup, which is cyclic) all compress to entries.
@@ -552,11 +563,7 @@ mod tests {
     #[test]
     fn batch_refuses_an_r_that_is_not_a_point() {
         let domain = SigningDomain::new("batch").unwrap();
-        let keys: Vec<SigningKey> = (0..16).map(|i| key(i + 100)).collect();
-        let vks: Vec<VerificationKey> = keys
-            .iter()
-            .map(|k| k.public_key().verification_key().unwrap())
-            .collect();
+        let (keys, vks) = keys_from(100, 16);
         let message = domain.signing_bytes(MessageKind::Transaction, b"x");
         let mut sigs: Vec<Signature> = keys.iter().map(|k| k.sign_raw(&message)).collect();
         // y = 2 is not on the curve (see weak_and_malformed_keys_are_rejected).
@@ -670,11 +677,7 @@ mod tests {
     #[test]
     fn batch_finds_exactly_the_bad_entries() {
         let domain = SigningDomain::new("batch").unwrap();
-        let keys: Vec<SigningKey> = (0..40).map(|i| key(i + 1)).collect();
-        let vks: Vec<VerificationKey> = keys
-            .iter()
-            .map(|k| k.public_key().verification_key().unwrap())
-            .collect();
+        let (keys, vks) = keys_from(1, 40);
         let messages: Vec<Vec<u8>> = (0..40u32)
             .map(|i| domain.signing_bytes(MessageKind::Transaction, &i.to_le_bytes()))
             .collect();
