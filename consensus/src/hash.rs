@@ -26,11 +26,13 @@ impl Hash {
     pub const ZERO: Hash = Hash([0; HASH_LEN]);
 
     /// Wraps raw digest bytes.
+    #[inline]
     pub const fn from_bytes(bytes: [u8; HASH_LEN]) -> Self {
         Hash(bytes)
     }
 
     /// The raw digest bytes.
+    #[inline]
     pub const fn as_bytes(&self) -> &[u8; HASH_LEN] {
         &self.0
     }
@@ -64,6 +66,7 @@ impl Hash {
     }
 
     /// Whether this is [`Hash::ZERO`].
+    #[inline]
     pub fn is_zero(&self) -> bool {
         self.0 == [0; HASH_LEN]
     }
