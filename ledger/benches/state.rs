@@ -1,7 +1,7 @@
 //! State benchmarks, each beside a baseline measured in the same run:
 //!
 //! - `smt_rocksdb`: update N existing accounts of a 1,000,000-account state (read the
-//!   old value, compute the new tree root, write values, pages and undo record in one
+//!   old value, compute the new tree root, write the values and the undo record in one
 //!   fsynced RocksDB batch), for N = 1,000 and 10,000;
 //! - `execution`: execute a block of 10,000 transfers on a RocksDB-backed state, with
 //!   and without checking its signatures;
@@ -445,8 +445,9 @@ fn bench_baseline(c: &mut Criterion) {
 }
 
 /// Mean time per iteration, in nanoseconds, from criterion's saved estimates. Means,
-/// not medians: the store writes tree pages every few blocks, and a median would leave
-/// those writes out of the figure.
+/// not medians: RocksDB flushes its memtables every so many blocks and compacts in
+/// the background, and a median would leave the blocks that wait on it out of the
+/// figure.
 fn mean_ns(group: &str, bench: &str) -> Option<f64> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -155,7 +155,45 @@ fn proofs_for_each_kept_height_and_pruning() {
         store.prove(&account, 11),
         Err(LedgerError::VersionUnavailable { .. })
     ));
-    store.check_integrity().unwrap();
+    let report = store.check_integrity().unwrap();
+    assert_eq!((report.versions, report.undo_records), (kept, kept - 1));
+}
+
+/// Changing the kept window between runs: a smaller one drops the undo records it no
+/// longer needs when the store opens, a larger one fills up as blocks come.
+#[test]
+fn kept_window_can_shrink_and_grow_between_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain(30);
+    let reopen = |kept: u64| Store::open(dir.path(), &chain.genesis, options(kept)).unwrap();
+    let counts = |store: &Store| {
+        let report = store.check_integrity().unwrap();
+        (report.height, report.versions, report.undo_records)
+    };
+    {
+        let store = reopen(8);
+        commit_all(&store, &chain, 0, 10);
+        assert_eq!(counts(&store), (10, 8, 7));
+    }
+    {
+        let store = reopen(3);
+        assert_eq!(store.rebuilt_versions(), 2);
+        assert_eq!(counts(&store), (10, 3, 2));
+        commit_all(&store, &chain, 10, 15);
+        assert_eq!(counts(&store), (15, 3, 2));
+    }
+    {
+        // Only two older heights can be rebuilt; the window fills as blocks commit.
+        let store = reopen(6);
+        assert_eq!(counts(&store), (15, 3, 2));
+        commit_all(&store, &chain, 15, 17);
+        assert_eq!(counts(&store), (17, 5, 4));
+        commit_all(&store, &chain, 17, 30);
+        assert_eq!(counts(&store), (30, 6, 5));
+    }
+    let store = reopen(6);
+    assert_eq!(store.rebuilt_versions(), 5);
+    assert_eq!(counts(&store), (30, 6, 5));
 }
 
 #[test]

@@ -364,6 +364,7 @@ impl Store {
             oldest -= 1;
         }
         self.rebuilt_versions = stored.height - oldest;
+        self.prune_undo_records(oldest)?;
         *write_lock(&self.versions) = Versions { oldest, chain };
         *lock(&self.tip) = ChainTip {
             height: stored.height,
@@ -371,6 +372,44 @@ impl Store {
             time_ms: stored.time_ms,
         };
         Ok(())
+    }
+
+    /// Deletes the undo records of heights up to `oldest` (none of which rebuilds a kept
+    /// height), if there are any: there are after `state_versions_kept` was lowered,
+    /// since commits delete only the one record that leaves the window.
+    fn prune_undo_records(&self, oldest: u64) -> Result<(), LedgerError> {
+        let history_cf = self.cf(CF_STATE_HISTORY);
+        let first = self
+            .db
+            .iterator_cf(history_cf, rocksdb::IteratorMode::Start)
+            .next()
+            .transpose()?;
+        let Some((key, _)) = first else {
+            return Ok(());
+        };
+        if key.as_ref() >= be(oldest + 1).as_slice() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(history_cf, be(0), be(oldest + 1));
+        self.db.write_opt(batch, &self.write_options())?;
+        Ok(())
+    }
+
+    /// The heights whose undo records are stored, in order.
+    fn undo_record_heights(&self) -> Result<Vec<u64>, LedgerError> {
+        let mut heights = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_STATE_HISTORY), rocksdb::IteratorMode::Start)
+        {
+            let (key, _) = item?;
+            let height: [u8; 8] = key.as_ref().try_into().map_err(|_| LedgerError::Corrupt {
+                what: format!("undo record key of {} bytes", key.len()),
+            })?;
+            heights.push(u64::from_be_bytes(height));
+        }
+        Ok(heights)
     }
 
     /// The tree of every stored value.
@@ -569,10 +608,14 @@ impl Store {
         if delta.version > 0 {
             let history_cf = self.cf(CF_STATE_HISTORY);
             batch.put_cf(history_cf, be(delta.version), undo::encode(&delta.values));
-            // The records of heights oldest + 1 ..= latest rebuild the kept heights.
+            // The records of heights oldest + 1 ..= latest rebuild the kept heights, so
+            // the record of `oldest` has just left the window. One point delete per
+            // block, not a range from 0: range tombstones pile up in the memtable
+            // and each flush fragments all of them (RocksDB issue 11407). Records
+            // below a window that shrank since the last run are removed at open.
             let oldest = self.oldest_version(delta.version);
             if oldest > 0 {
-                batch.delete_range_cf(history_cf, be(0), be(oldest + 1));
+                batch.delete_cf(history_cf, be(oldest));
             }
         }
     }
@@ -666,10 +709,26 @@ impl Store {
                 });
             }
         }
+        // Exactly the records that rebuild the kept heights below the latest: a missing
+        // one would fail the next restart, an extra one is pruning gone wrong.
+        let undo_heights = self.undo_record_heights()?;
+        let expected: Vec<u64> = (versions.oldest + 1..=versions.latest_height()).collect();
+        if undo_heights != expected {
+            return Err(LedgerError::Corrupt {
+                what: format!(
+                    "undo records of heights {} are stored, but the kept heights {}..={} need {}",
+                    describe_heights(&undo_heights),
+                    versions.oldest,
+                    versions.latest_height(),
+                    describe_heights(&expected)
+                ),
+            });
+        }
         Ok(IntegrityReport {
             height: tip.height,
             values,
             versions: versions.chain.len() as u64,
+            undo_records: undo_heights.len() as u64,
             state_root: tree_root,
         })
     }
@@ -726,8 +785,36 @@ pub struct IntegrityReport {
     pub values: usize,
     /// Heights whose state is kept (each checked against its header).
     pub versions: u64,
+    /// Undo records stored: one per kept height but the oldest.
+    pub undo_records: u64,
     /// The verified state root.
     pub state_root: Hash,
+}
+
+/// A list of heights for an error message: runs of consecutive heights as `a..=b`.
+fn describe_heights(heights: &[u64]) -> String {
+    let run = |start: u64, end: u64| {
+        if start == end {
+            start.to_string()
+        } else {
+            format!("{start}..={end}")
+        }
+    };
+    let Some((&first, rest)) = heights.split_first() else {
+        return "none".into();
+    };
+    let mut parts = Vec::new();
+    let (mut start, mut end) = (first, first);
+    for &h in rest {
+        if h == end + 1 {
+            end = h;
+        } else {
+            parts.push(run(start, end));
+            (start, end) = (h, h);
+        }
+    }
+    parts.push(run(start, end));
+    parts.join(", ")
 }
 
 fn open_db(path: &Path, options: &StoreOptions) -> Result<DB, LedgerError> {
