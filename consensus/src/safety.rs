@@ -16,8 +16,11 @@
 //! 4. Before the commit vote that shows a block is prepared, the prepared certificate
 //!    (and the block) is recorded, so every later view change reports it.
 //!
-//! Every change is marked, and the engine emits the new state in a
-//! [`crate::Effect::PersistSafety`] before the messages it guards.
+//! Every change that a later signature depends on is marked, and the engine emits the
+//! new state in a [`crate::Effect::PersistSafety`] before the messages it guards.
+//! Moving to a new height is not marked: nothing is signed there yet, and after a
+//! restart the committed chain puts the validator at that height again, so writing
+//! it would only add an fsync in front of every height's first message.
 
 use borsh::{BorshDeserialize, BorshSerialize};
 
@@ -109,6 +112,10 @@ impl SafetyRules {
 
     /// Moves to `height` (forgetting the previous one). A height below the current is
     /// refused; the current height is kept as it is (a restart resumes it).
+    ///
+    /// The move itself is not marked as a change to persist. The persisted state is
+    /// that of the last height at which anything was signed; a validator that
+    /// restarts at a higher height finds nothing signed there, which is true.
     pub fn start_height(&mut self, height: u64) -> Result<(), SafetyViolation> {
         if height < self.state.height {
             return Err(SafetyViolation::OldHeight {
@@ -121,7 +128,6 @@ impl SafetyRules {
                 height,
                 ..SafetyState::default()
             };
-            self.changed = true;
         }
         Ok(())
     }
@@ -372,6 +378,32 @@ mod tests {
         ));
         // The same view change again is the same message.
         assert_eq!(r.sign_view_change(1, 1).unwrap(), vc);
+    }
+
+    #[test]
+    fn a_new_height_is_persisted_with_its_first_signature() {
+        let mut r = rules();
+        r.start_height(3).unwrap();
+        r.sign_prepare(3, 0, Hash::digest(b"a")).unwrap();
+        let at_three = r.take_changed().unwrap();
+        r.start_height(4).unwrap();
+        assert!(r.take_changed().is_none(), "nothing signed at 4 yet");
+        // Restarted from the record of height 3 and started at 4 (the committed chain
+        // says so), it may sign anything at 4: it signed nothing there before.
+        let mut restarted = SafetyRules::new(
+            SigningDomain::new("safety").unwrap(),
+            SigningKey::from_seed([3; 32]),
+            at_three,
+        );
+        restarted.start_height(4).unwrap();
+        let b = Hash::digest(b"b");
+        restarted.sign_prepare(4, 0, b).unwrap();
+        let at_four = restarted.take_changed().unwrap();
+        assert_eq!((at_four.height, at_four.prepare.map(|p| p.0)), (4, Some(b)));
+        // Starting the same height again changes nothing; a lower one is refused.
+        restarted.start_height(4).unwrap();
+        assert!(restarted.take_changed().is_none());
+        assert!(restarted.start_height(3).is_err());
     }
 
     #[test]
