@@ -239,6 +239,7 @@ pub fn admit_raw(
     domain: &SigningDomain,
     limits: &MempoolLimits,
     keys: &KeyCache,
+    metrics: &crate::metrics::Metrics,
     raw: &[Vec<u8>],
 ) -> Result<Vec<Admission>, String> {
     let tip = store.tip().height;
@@ -267,10 +268,13 @@ pub fn admit_raw(
     };
     let checked = intake.check(raw, &snapshot, &already, &committed);
     drop(snapshot);
+    metrics
+        .intake_signature_checks
+        .inc_by(checked.signatures_checked as u64);
     Ok(mempool
         .lock()
         .expect("mempool lock poisoned")
-        .admit(checked))
+        .admit(checked.results))
 }
 
 /// The answer to a submission: its outcomes, and the accepted transactions gossiped.

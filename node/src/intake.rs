@@ -131,6 +131,7 @@ impl IntakeWorker {
                 &worker.domain,
                 &worker.limits,
                 &worker.keys,
+                &worker.metrics,
                 &raw,
             );
             (raw, outcomes)

@@ -326,6 +326,14 @@ pub struct Intake<'a> {
     pub keys: Option<&'a KeyCache>,
 }
 
+/// What [`Intake::check`] decided, per input, and how many signatures it checked.
+pub struct Checks {
+    /// Per input: a transaction ready for [`Mempool::admit`], or the outcome.
+    pub results: Vec<Result<Checked, Admission>>,
+    /// Signatures checked (those of the transactions that passed every other check).
+    pub signatures_checked: usize,
+}
+
 /// A decoded transaction that passed every check but the pool's own (capacity and
 /// nonce already taken).
 pub struct Checked {
@@ -338,15 +346,14 @@ impl Intake<'_> {
     /// Decodes and checks raw transactions against `state` (the latest committed
     /// state). `already` says whether a hash is already pending, so those skip the
     /// signature check; `committed` is asked about a transaction whose nonce is used
-    /// (an index lookup, so only then), to say where it was committed. Returns, per
-    /// input, either a transaction ready for [`Mempool::admit`] or the outcome.
+    /// (an index lookup, so only then), to say where it was committed.
     pub fn check<S: StateReader>(
         &self,
         raw: &[Vec<u8>],
         state: &S,
         already: &dyn Fn(&Hash) -> Option<Admission>,
         committed: &dyn Fn(&Hash) -> Option<Admission>,
-    ) -> Vec<Result<Checked, Admission>> {
+    ) -> Checks {
         let mut out: Vec<Result<Checked, Admission>> = Vec::with_capacity(raw.len());
         for bytes in raw {
             out.push(self.check_one(bytes, state, already, committed));
@@ -356,6 +363,7 @@ impl Intake<'_> {
             .enumerate()
             .filter_map(|(i, r)| r.as_ref().ok().map(|c| (i, &c.tx)))
             .collect();
+        let signatures_checked = to_verify.len();
         let txs: Vec<&SignedTransaction> = to_verify.iter().map(|(_, tx)| *tx).collect();
         let results = verify_signatures_cached(self.domain, &txs, self.keys);
         let failed: Vec<(usize, String)> = to_verify
@@ -367,7 +375,10 @@ impl Intake<'_> {
             let hash = out[i].as_ref().ok().map(|c| c.hash);
             out[i] = Err(Admission::Rejected(hash, Rejection::BadSignature(reason)));
         }
-        out
+        Checks {
+            results: out,
+            signatures_checked,
+        }
     }
 
     fn check_one<S: StateReader>(
@@ -533,7 +544,31 @@ mod tests {
             keys: None,
         };
         let checked = intake.check(&raw, state, &|_| None, &|_| None);
-        pool.admit(checked)
+        pool.admit(checked.results)
+    }
+
+    /// Only the transactions that pass every other check have their signature checked
+    /// (and counted).
+    #[test]
+    fn counts_the_signatures_it_checks() {
+        let (domain, key, state) = setup();
+        let limits = limits();
+        let intake = Intake {
+            domain: &domain,
+            limits: &limits,
+            keys: None,
+        };
+        let stranger = SigningKey::from_seed([9; 32]);
+        let raw = vec![
+            transfer(&domain, &key, 0).encode(),
+            transfer(&domain, &stranger, 0).encode(),
+            vec![1, 2, 3],
+            transfer(&domain, &key, 1).encode(),
+        ];
+        let checks = intake.check(&raw, &state, &|_| None, &|_| None);
+        assert_eq!(checks.signatures_checked, 2);
+        let passed: Vec<bool> = checks.results.iter().map(Result::is_ok).collect();
+        assert_eq!(passed, vec![true, false, false, true]);
     }
 
     #[test]

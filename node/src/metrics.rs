@@ -30,6 +30,10 @@ pub struct Metrics {
     pub invalid_messages: Counter,
     /// Equivocations seen.
     pub evidence: Counter,
+    /// Transaction signatures checked on entry to the pool.
+    pub intake_signature_checks: Counter,
+    /// Transaction signatures checked while validating blocks (those not pooled).
+    pub block_signature_checks: Counter,
 }
 
 impl Metrics {
@@ -47,6 +51,8 @@ impl Metrics {
         let rejected_txs = Counter::default();
         let invalid_messages = Counter::default();
         let evidence = Counter::default();
+        let intake_signature_checks = Counter::default();
+        let block_signature_checks = Counter::default();
         registry.register(
             "height",
             "Height of the last committed block",
@@ -90,6 +96,16 @@ impl Metrics {
             invalid_messages.clone(),
         );
         registry.register("evidence", "Equivocations seen", evidence.clone());
+        registry.register(
+            "intake_signature_checks",
+            "Transaction signatures checked on entry to the pool",
+            intake_signature_checks.clone(),
+        );
+        registry.register(
+            "block_signature_checks",
+            "Transaction signatures checked while validating blocks",
+            block_signature_checks.clone(),
+        );
         Metrics {
             registry,
             height,
@@ -103,6 +119,8 @@ impl Metrics {
             rejected_txs,
             invalid_messages,
             evidence,
+            intake_signature_checks,
+            block_signature_checks,
         }
     }
 
