@@ -271,6 +271,7 @@ pub fn admit_raw(
     metrics
         .intake_signature_checks
         .inc_by(checked.signatures_checked as u64);
+    metrics.intake_batches.inc();
     Ok(mempool
         .lock()
         .expect("mempool lock poisoned")

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub evidence: Counter,
     /// Transaction signatures checked on entry to the pool.
     pub intake_signature_checks: Counter,
+    /// Batches the intake checked (signatures checked / batches is their mean size).
+    pub intake_batches: Counter,
     /// Transaction signatures checked while validating blocks (those not pooled).
     pub block_signature_checks: Counter,
 }
@@ -52,6 +54,7 @@ impl Metrics {
         let invalid_messages = Counter::default();
         let evidence = Counter::default();
         let intake_signature_checks = Counter::default();
+        let intake_batches = Counter::default();
         let block_signature_checks = Counter::default();
         registry.register(
             "height",
@@ -102,6 +105,11 @@ impl Metrics {
             intake_signature_checks.clone(),
         );
         registry.register(
+            "intake_batches",
+            "Batches of transactions the intake checked",
+            intake_batches.clone(),
+        );
+        registry.register(
             "block_signature_checks",
             "Transaction signatures checked while validating blocks",
             block_signature_checks.clone(),
@@ -120,6 +128,7 @@ impl Metrics {
             invalid_messages,
             evidence,
             intake_signature_checks,
+            intake_batches,
             block_signature_checks,
         }
     }
