@@ -116,6 +116,18 @@ impl Hasher {
     }
 }
 
+/// Lets an encoder write straight into the digest, with no buffer in between.
+impl std::io::Write for Hasher {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.update(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Decodes exactly `N` bytes of hex, naming what was wrong on failure.
 pub(crate) fn decode_hex_array<const N: usize>(text: &str) -> Result<[u8; N], DecodeError> {
     let text = text.trim();

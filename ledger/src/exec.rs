@@ -669,6 +669,33 @@ pub fn validate_block<S: StateReader + ?Sized>(
     already_verified: &dyn Fn(&Hash) -> bool,
     certificate: Option<&CommitCertificate>,
 ) -> Result<ExecutionOutcome, BlockError> {
+    validate_block_hashed(
+        state,
+        context,
+        tip,
+        parent_validator_set,
+        block,
+        block.tx_hashes(),
+        already_verified,
+        certificate,
+    )
+}
+
+/// [`validate_block`] with the block's transaction hashes already computed (a host
+/// that hashed them to ask its pool about them passes them on). They must be
+/// `block.tx_hashes()`: the transaction root is checked against them.
+#[allow(clippy::too_many_arguments)]
+pub fn validate_block_hashed<S: StateReader + ?Sized>(
+    state: &S,
+    context: &ChainContext,
+    tip: &ChainTip,
+    parent_validator_set: Option<&ValidatorSet>,
+    block: &Block,
+    tx_hashes: Vec<Hash>,
+    already_verified: &dyn Fn(&Hash) -> bool,
+    certificate: Option<&CommitCertificate>,
+) -> Result<ExecutionOutcome, BlockError> {
+    assert_eq!(tx_hashes.len(), block.txs.len(), "one hash per transaction");
     let header = &block.header;
     check_header_links(context, tip, header)?;
     let mut executor = BlockExecutor::new(state, context)?;
@@ -696,7 +723,6 @@ pub fn validate_block<S: StateReader + ?Sized>(
     }
     check_last_commit(context, tip, parent_validator_set, block)?;
     check_size(context, block)?;
-    let tx_hashes = block.tx_hashes();
     let tx_root = merkle_root(&tx_hashes);
     if tx_root != header.tx_root {
         return Err(BlockError::TransactionRootMismatch {

@@ -241,7 +241,9 @@ impl SignedTransaction {
     /// included. Used to look transactions up and as leaves of the transaction root.
     pub fn hash(&self) -> Hash {
         let mut hasher = Hasher::new(b"stele/tx");
-        hasher.update(&self.encode());
+        // Encoded into the digest as it goes: the same bytes as `encode`, unbuffered.
+        BorshSerialize::serialize(self, &mut hasher)
+            .expect("borsh encoding into a hasher never fails");
         hasher.finish()
     }
 
@@ -382,6 +384,17 @@ mod tests {
             },
         }
         .sign(domain, key)
+    }
+
+    #[test]
+    fn the_hash_is_the_tagged_digest_of_the_encoding() {
+        let domain = SigningDomain::new("tx-test").unwrap();
+        let key = SigningKey::from_seed([1; 32]);
+        let a = sample(&domain, &key, 7);
+        let b = sample(&domain, &key, 8);
+        assert_eq!(a.hash(), Hash::tagged(b"stele/tx", &[&a.encode()]));
+        assert_eq!(b.hash(), Hash::tagged(b"stele/tx", &[&b.encode()]));
+        assert_ne!(a.hash(), b.hash());
     }
 
     #[test]

@@ -36,7 +36,7 @@ use stele_consensus::{
     CommitCertificate, ConsensusMessage, Effect, Engine, Evidence, Hash, Input, SafetyState,
     SigningKey, ValidatorSet,
 };
-use stele_ledger::exec::{ChainContext, ExecutionOutcome, build_block, validate_block};
+use stele_ledger::exec::{ChainContext, ExecutionOutcome, build_block, validate_block_hashed};
 use stele_ledger::{Account, Block, StateKey, StateReader, Store};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -607,12 +607,14 @@ impl Driver {
                     .collect()
             };
             let known = |hash: &Hash| pooled.contains(hash);
-            let outcome = validate_block(
+            let unpooled = hashes.len() - pooled.len();
+            let outcome = validate_block_hashed(
                 &state,
                 &self.parts.context,
                 &tip,
                 self.previous_set.as_ref(),
                 &block,
+                hashes,
                 &known,
                 certificate,
             )
@@ -622,7 +624,7 @@ impl Driver {
             self.parts
                 .metrics
                 .block_signature_checks
-                .inc_by((hashes.len() - pooled.len()) as u64);
+                .inc_by(unpooled as u64);
             Ok(Validated { block, outcome })
         })
     }
@@ -694,7 +696,8 @@ impl Driver {
                     .map(|a| a.nonce)
             };
             let mut pool = self.parts.mempool.lock().expect("mempool lock poisoned");
-            pool.committed(&block.txs, &next_nonce);
+            let hashes: Vec<Hash> = outcome.receipts.iter().map(|r| r.tx_hash).collect();
+            pool.committed(&block.txs, &hashes, &next_nonce);
             self.parts.metrics.mempool_txs.set(pool.len() as i64);
         }
         self.validated.clear();

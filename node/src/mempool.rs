@@ -281,15 +281,18 @@ impl Mempool {
 
     /// After a block: removes its transactions, then evicts every waiting transaction
     /// of the touched accounts whose nonce is now below the account's next nonce.
-    /// `next_nonce` gives an account's next nonce after the block.
+    /// `hashes` are the transactions' hashes (from their receipts), and `next_nonce`
+    /// gives an account's next nonce after the block.
     pub fn committed(
         &mut self,
         included: &[SignedTransaction],
+        hashes: &[Hash],
         next_nonce: &dyn Fn(&PublicKey) -> Option<u64>,
     ) -> usize {
-        let mut touched: Vec<PublicKey> = Vec::new();
-        for tx in included {
-            self.remove(&tx.hash());
+        debug_assert_eq!(included.len(), hashes.len(), "one hash per transaction");
+        let mut touched: Vec<PublicKey> = Vec::with_capacity(included.len());
+        for (tx, hash) in included.iter().zip(hashes) {
+            self.remove(hash);
             touched.push(tx.tx.signer);
         }
         touched.sort_unstable();
@@ -585,10 +588,11 @@ mod tests {
         assert_eq!(pool.next_nonce(&key.public_key(), 0), 3);
         assert_eq!(pool.next_nonce(&key.public_key(), 5), 5);
         // A committed block with nonces 0 and 1 removes them; nonce 2 stays.
-        let evicted = pool.committed(&txs[..2], &|_| Some(2));
+        let hashes: Vec<Hash> = txs[..2].iter().map(SignedTransaction::hash).collect();
+        let evicted = pool.committed(&txs[..2], &hashes, &|_| Some(2));
         assert_eq!(evicted, 0);
         assert_eq!(pool.len(), 1);
-        let evicted = pool.committed(&[], &|_| Some(3));
+        let evicted = pool.committed(&[], &[], &|_| Some(3));
         assert_eq!(evicted, 0, "untouched accounts are not re-read");
     }
 

@@ -82,6 +82,16 @@ fn four_validators_commit_transfers_and_agree() {
             "node {i}: {account}"
         );
     }
+    // Gossip: every node checked on entry more signatures than were submitted to it,
+    // so transactions sent to the others reached it before their blocks did.
+    let direct = [20.0, 10.0, 10.0, 10.0];
+    for (i, submitted) in direct.iter().enumerate() {
+        let checked = metric(&cluster, i, "stele_intake_signature_checks_total");
+        assert!(
+            checked > *submitted,
+            "node {i} checked {checked} signatures on entry, no more than the {submitted} submitted to it: gossip brought none"
+        );
+    }
     // No empty blocks: with nothing to do, the height stays.
     std::thread::sleep(Duration::from_millis(1500));
     let before = cluster.height(0).unwrap();
@@ -91,6 +101,22 @@ fn four_validators_commit_transfers_and_agree() {
         before,
         "blocks made with an empty mempool"
     );
+}
+
+/// The value of a counter or gauge on node `i`'s metrics page (0 when absent).
+fn metric(cluster: &Cluster, i: usize, name: &str) -> f64 {
+    let text = cluster
+        .http
+        .get(format!("{}/metrics", cluster.nodes[i].api))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
 }
 
 #[test]
