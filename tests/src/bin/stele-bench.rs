@@ -180,7 +180,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!("measuring batched ed25519 verification on one core...");
-    let v_b = verify_rate_one_core(Duration::from_secs(3));
+    let mut v_b_samples = verify_rate_samples();
     let mut network = match &args.attach {
         Some(dir) => attach(dir)?,
         None => start(args)?,
@@ -190,9 +190,10 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     } else {
         args.validators
     };
-    let s = cores as f64 * v_b / validators as f64;
     eprintln!(
-        "V_b = {v_b:.0} signatures/s on one core; {cores} cores, {validators} validators: S = {s:.0} tx/s"
+        "V_b before the load: {:.0} signatures/s on one core (median of {} one-second samples; more follow the load)",
+        median(&v_b_samples),
+        v_b_samples.len()
     );
 
     // The block stream: every commit time, for the whole bench.
@@ -244,6 +245,19 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     print_row(&result);
     stop.store(true, Ordering::Relaxed);
     drop(stream);
+    // The machine's speed drifts (other tenants of the host): V_b is the median of
+    // samples taken before the nodes started and after they stopped, on an idle machine
+    // both times, so one slow or fast moment does not decide S.
+    drop(network.cluster.take());
+    v_b_samples.extend(verify_rate_samples());
+    let v_b = median(&v_b_samples);
+    let s = cores as f64 * v_b / validators as f64;
+    eprintln!(
+        "V_b = {v_b:.0} signatures/s on one core (median of {} samples, {:.0} to {:.0}); {cores} cores, {validators} validators: S = {s:.0} tx/s",
+        v_b_samples.len(),
+        v_b_samples.iter().copied().fold(f64::INFINITY, f64::min),
+        v_b_samples.iter().copied().fold(0.0, f64::max),
+    );
 
     let t = saturation.unwrap_or(result.committed_tps);
     let r = t / s;
@@ -254,6 +268,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         "batch": args.batch,
         "block_interval_ms": args.block_interval_ms,
         "v_b_per_core": v_b,
+        "v_b_samples": v_b_samples,
         "s": s,
         "t": t,
         "t_is_saturation": saturation.is_some(),
@@ -279,7 +294,6 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     if !ok {
         eprintln!("FAILED: accepted transactions were not committed");
     }
-    drop(network.cluster.take());
     Ok(ok)
 }
 
@@ -722,8 +736,22 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 
 /// Batched ed25519 verification on one core: signatures per second, in batches of
 /// 1,024, for about `duration`.
-fn verify_rate_one_core(duration: Duration) -> f64 {
-    stele_consensus::batch_verification_rate(1, 1024, duration)
+/// Three one-second measurements of V_b, batched ed25519 verification on one core.
+fn verify_rate_samples() -> Vec<f64> {
+    (0..3)
+        .map(|_| stele_consensus::batch_verification_rate(1, 1024, Duration::from_secs(1)))
+        .collect()
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 fn print_row(r: &RunResult) {
@@ -886,4 +914,25 @@ fn plot(path: &Path, runs: &[RunResult]) -> anyhow::Result<()> {
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{median, percentile};
+
+    #[test]
+    fn median_takes_the_middle_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[65_000.0, 49_000.0, 50_000.0, 48_000.0]), 49_500.0);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut values: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&mut values, 0.5), 50.0);
+        assert_eq!(percentile(&mut values, 0.99), 99.0);
+        assert_eq!(percentile(&mut values, 1.0), 100.0);
+        assert!(percentile(&mut [], 0.5).is_nan());
+    }
 }
