@@ -216,8 +216,10 @@ pub fn spawn(
     let keypair = identity::Keypair::ed25519_from_bytes(&mut seed)
         .map_err(|e| anyhow::anyhow!("node key is not usable for libp2p: {e}"))?;
     let local_peer_id = keypair.public().to_peer_id();
+    // Version 2: batches travel unsigned (below). A node of version 1 would refuse
+    // them, and its signed ones here; a topic of its own keeps the two apart.
     let topic = gossipsub::IdentTopic::new(format!(
-        "/stele/{}/txs/1",
+        "/stele/{}/txs/2",
         &config.genesis_hash.to_hex()[..16]
     ));
     // A batch is published to every connected peer at once (flood publishing), and
