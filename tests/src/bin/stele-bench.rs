@@ -734,9 +734,8 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Batched ed25519 verification on one core: signatures per second, in batches of
-/// 1,024, for about `duration`.
-/// Three one-second measurements of V_b, batched ed25519 verification on one core.
+/// Three one-second measurements of V_b: batched ed25519 verification on one core, in
+/// batches of 1,024, as signatures per second.
 fn verify_rate_samples() -> Vec<f64> {
     (0..3)
         .map(|_| stele_consensus::batch_verification_rate(1, 1024, Duration::from_secs(1)))
