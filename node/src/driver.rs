@@ -28,6 +28,7 @@
 //!   is blocked.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -102,6 +103,10 @@ pub struct DriverParts {
     pub metrics: Arc<Metrics>,
     /// Shortest time between blocks.
     pub block_interval: Duration,
+    /// Longest time a block waits, after `block_interval`, for the intake to finish.
+    pub fill_wait: Duration,
+    /// Whether the intake is checking transactions (or has more waiting).
+    pub intake_busy: Arc<AtomicBool>,
     /// Status for the API.
     pub status: watch::Sender<ConsensusStatus>,
     /// Committed tip for API streams.
@@ -167,6 +172,28 @@ fn coalesce_safety(mut effects: Vec<Effect>) -> Vec<Effect> {
         .filter(|(i, e)| *i <= first || !is_safety(e))
         .map(|(_, e)| e)
         .collect()
+}
+
+/// Whether an idle leader with `waiting` pooled transactions starts the next height
+/// now, `due` being the end of the block interval.
+///
+/// Transactions the intake is checking go in the block too, unless the block is full
+/// already or they take longer than `fill_wait`. Without this, under load every block
+/// held what one intake check admitted: many small blocks, each costing every
+/// validator a round of messages, vote checks and a write whatever it holds, and that
+/// overhead took the cores from the checks, which kept the blocks small.
+fn start_now(
+    waiting: usize,
+    block_txs_max: usize,
+    now: Instant,
+    due: Instant,
+    fill_wait: Duration,
+    intake_busy: bool,
+) -> bool {
+    if waiting == 0 || now < due {
+        return false;
+    }
+    waiting >= block_txs_max || !intake_busy || now >= due + fill_wait
 }
 
 fn now_ms() -> u64 {
@@ -248,7 +275,7 @@ impl Driver {
         let notify = self.parts.mempool_notify.clone();
         self.publish_status();
         loop {
-            let wake_at = self.last_commit + self.parts.block_interval;
+            let wake_at = self.next_start_check();
             tokio::select! {
                 event = self.parts.net_events.recv() => match event {
                     Some(event) => self.on_net_event(event)?,
@@ -304,16 +331,35 @@ impl Driver {
             return self.start_height();
         }
         // Our own transactions wait for the block interval, so blocks gather them.
-        let has_work = !self
+        let waiting = self
             .parts
             .mempool
             .lock()
             .expect("mempool lock poisoned")
-            .is_empty();
-        if !has_work || Instant::now() < self.last_commit + self.parts.block_interval {
+            .len();
+        let start = start_now(
+            waiting,
+            self.parts.context.params.max_block_txs as usize,
+            Instant::now(),
+            self.last_commit + self.parts.block_interval,
+            self.parts.fill_wait,
+            self.parts.intake_busy.load(Ordering::Acquire),
+        );
+        if !start {
             return Ok(());
         }
         self.start_height()
+    }
+
+    /// When an idle driver should look again whether to start a height (it also looks
+    /// whenever the mempool signals).
+    fn next_start_check(&self) -> Instant {
+        let due = self.last_commit + self.parts.block_interval;
+        if Instant::now() < due {
+            due
+        } else {
+            due + self.parts.fill_wait
+        }
     }
 
     fn start_height(&mut self) -> anyhow::Result<()> {
@@ -858,6 +904,27 @@ mod tests {
                 _ => "other".into(),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_block_waits_for_the_intake_only_within_the_fill_wait() {
+        let due = Instant::now();
+        let wait = Duration::from_millis(10);
+        let early = due - Duration::from_millis(1);
+        let later = due + Duration::from_millis(4);
+        let late = due + wait;
+        // Nothing waiting, or the interval not over: no block.
+        assert!(!start_now(0, 100, late, due, wait, false));
+        assert!(!start_now(5, 100, early, due, wait, false));
+        // An idle intake: start as soon as the interval is over.
+        assert!(start_now(5, 100, due, due, wait, false));
+        // A busy intake holds the block back until the fill wait is over...
+        assert!(!start_now(5, 100, due, due, wait, true));
+        assert!(!start_now(5, 100, later, due, wait, true));
+        assert!(start_now(5, 100, late, due, wait, true));
+        // ...unless the pool already fills a block, or the wait is off.
+        assert!(start_now(100, 100, due, due, wait, true));
+        assert!(start_now(5, 100, due, due, Duration::ZERO, true));
     }
 
     #[test]

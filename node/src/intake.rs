@@ -16,6 +16,7 @@
 //!   requests wait for room, and gossiped batches that find it full are dropped (the
 //!   transactions stay in the sender's pool and reach a block through it).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use stele_consensus::SigningDomain;
@@ -60,6 +61,9 @@ pub struct IntakeWorker {
     pub keys: Arc<KeyCache>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// True while the worker checks transactions or has more waiting: the driver holds
+    /// a block back for them (up to `consensus.fill_wait_ms`).
+    pub busy: Arc<AtomicBool>,
 }
 
 enum Source {
@@ -90,6 +94,7 @@ impl IntakeWorker {
                 Some(batch) = gossip.recv() => Source::Gossip(batch),
                 else => return,
             };
+            worker.busy.store(true, Ordering::Release);
             let mut total = first.len();
             let mut sources = vec![first];
             while total < INTAKE_BATCH_TXS {
@@ -104,6 +109,12 @@ impl IntakeWorker {
                 sources.push(next);
             }
             worker.check(sources, total).await;
+            if api.is_empty() && gossip.is_empty() {
+                worker.busy.store(false, Ordering::Release);
+                // A block held back for this check may go now, even if nothing in it
+                // was admitted.
+                worker.notify.notify_one();
+            }
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub intake_batches: Counter,
     /// Transaction signatures checked while validating blocks (those not pooled).
     pub block_signature_checks: Counter,
+    /// Gossiped transactions dropped because the intake queue was full.
+    pub gossip_dropped_txs: Counter,
 }
 
 impl Metrics {
@@ -56,6 +58,7 @@ impl Metrics {
         let intake_signature_checks = Counter::default();
         let intake_batches = Counter::default();
         let block_signature_checks = Counter::default();
+        let gossip_dropped_txs = Counter::default();
         registry.register(
             "height",
             "Height of the last committed block",
@@ -114,6 +117,11 @@ impl Metrics {
             "Transaction signatures checked while validating blocks",
             block_signature_checks.clone(),
         );
+        registry.register(
+            "gossip_dropped_txs",
+            "Gossiped transactions dropped because the intake queue was full",
+            gossip_dropped_txs.clone(),
+        );
         Metrics {
             registry,
             height,
@@ -130,6 +138,7 @@ impl Metrics {
             intake_signature_checks,
             intake_batches,
             block_signature_checks,
+            gossip_dropped_txs,
         }
     }
 

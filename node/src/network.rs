@@ -549,7 +549,12 @@ impl NetworkTask {
                     Ok(batch) => {
                         // Full intake queue: drop the batch here (the transactions stay in
                         // the sender's pool), and do not forward it.
-                        self.txs.try_send(batch).is_ok()
+                        let len = batch.len() as u64;
+                        let sent = self.txs.try_send(batch).is_ok();
+                        if !sent {
+                            self.metrics.gossip_dropped_txs.inc_by(len);
+                        }
+                        sent
                     }
                     Err(e) => {
                         debug!(peer = %propagation_source, "malformed transaction batch: {e}");

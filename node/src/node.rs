@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -176,6 +177,7 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
     // Every signature check of the node shares one cache of decompressed keys.
     let keys = Arc::new(KeyCache::new(KEY_CACHE_ENTRIES));
     let (intake_tx, intake_rx) = mpsc::channel(intake::INTAKE_QUEUE_JOBS);
+    let intake_busy = Arc::new(AtomicBool::new(false));
     tokio::spawn(
         intake::IntakeWorker {
             store: store.clone(),
@@ -185,6 +187,7 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
             limits: limits.clone(),
             keys: keys.clone(),
             metrics: metrics.clone(),
+            busy: intake_busy.clone(),
         }
         .run(intake_rx, gossip_in_rx),
     );
@@ -215,6 +218,8 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
         net_events: net_events_rx,
         metrics: metrics.clone(),
         block_interval: Duration::from_millis(config.consensus.block_interval_ms),
+        fill_wait: Duration::from_millis(config.consensus.fill_wait_ms),
+        intake_busy,
         status: status_tx,
         tip: tip_tx,
         evidence: evidence.clone(),

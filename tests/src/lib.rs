@@ -87,6 +87,8 @@ pub struct ClusterOptions {
     pub params: stele_ledger::ChainParams,
     /// Milliseconds between blocks.
     pub block_interval_ms: u64,
+    /// The nodes' `consensus.fill_wait_ms`.
+    pub fill_wait_ms: u64,
     /// Non-validating nodes whose keys the genesis lists as allowed peers (made with
     /// `stele-node init`); they come after the validators in [`Cluster::nodes`].
     pub observers: usize,
@@ -113,6 +115,7 @@ impl ClusterOptions {
             host,
             params,
             block_interval_ms: 20,
+            fill_wait_ms: stele_genesis::config::ConsensusSection::default().fill_wait_ms,
             observers: 0,
             strangers: 0,
             log_level: "info,stele_node=debug".into(),
@@ -150,6 +153,7 @@ impl Cluster {
             let path = node.home.join("config.toml");
             let mut config = stele_genesis::NodeConfig::load(&path)?;
             config.consensus.block_interval_ms = options.block_interval_ms;
+            config.consensus.fill_wait_ms = options.fill_wait_ms;
             config.log.level = options.log_level.clone();
             config.write(&path)?;
         }
@@ -209,6 +213,8 @@ impl Cluster {
                 let path = home.join("config.toml");
                 let mut config = stele_genesis::NodeConfig::load(&path)?;
                 config.consensus.block_interval_ms = options.block_interval_ms;
+                config.consensus.fill_wait_ms = options.fill_wait_ms;
+                config.consensus.fill_wait_ms = options.fill_wait_ms;
                 config.log.level = options.log_level.clone();
                 config.write(&path)?;
                 nodes.push(NodeProcess {

@@ -78,6 +78,10 @@ struct Args {
     /// waits; under load any pause here only adds to every transaction's latency.
     #[arg(long, default_value_t = 0)]
     block_interval_ms: u64,
+    /// Longest wait, after that, for transactions the intake is still checking
+    /// (the nodes' consensus.fill_wait_ms; default: the node's default).
+    #[arg(long)]
+    fill_wait_ms: Option<u64>,
     /// Lone transactions sent one at a time on the idle network, for the idle latency.
     #[arg(long, default_value_t = 30)]
     lone: usize,
@@ -124,6 +128,8 @@ struct RunResult {
     cpu_secs: Vec<f64>,
     peak_rss_mib: Vec<f64>,
     first_rejection: Option<String>,
+    /// For each second of the load, by due time: transactions, p50 and p99 latency.
+    by_second: Vec<(usize, f64, f64)>,
 }
 
 impl RunResult {
@@ -143,6 +149,11 @@ impl RunResult {
             "node_cpu_secs": self.cpu_secs,
             "node_peak_rss_mib": self.peak_rss_mib,
             "first_rejection": self.first_rejection,
+            "latency_ms_by_second": self
+                .by_second
+                .iter()
+                .map(|(n, p50, p99)| json!({ "txs": n, "p50": p50, "p99": p99 }))
+                .collect::<Vec<_>>(),
         })
     }
 }
@@ -267,6 +278,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         "accounts": network.accounts.len(),
         "batch": args.batch,
         "block_interval_ms": args.block_interval_ms,
+        "fill_wait_ms": match args.attach {
+            Some(_) => Value::Null,
+            None => json!(args
+                .fill_wait_ms
+                .unwrap_or(stele_genesis::config::ConsensusSection::default().fill_wait_ms)),
+        },
         "v_b_per_core": v_b,
         "v_b_samples": v_b_samples,
         "s": s,
@@ -306,6 +323,9 @@ fn start(args: &Args) -> anyhow::Result<Network> {
     options.accounts = args.accounts;
     options.params = stele_ledger::ChainParams::default();
     options.block_interval_ms = args.block_interval_ms;
+    if let Some(ms) = args.fill_wait_ms {
+        options.fill_wait_ms = ms;
+    }
     options.log_level = "warn".into();
     let cluster = Cluster::start(options)?;
     let all: Vec<usize> = (0..args.validators).collect();
@@ -615,13 +635,24 @@ fn load_run(
 
     let commits = commits.lock().expect("not poisoned");
     let mut latencies = Vec::with_capacity(accepted.len());
+    let mut seconds: Vec<Vec<f64>> = Vec::new();
     let mut last_commit = start;
     for (hash, due) in &accepted {
         if let Some(at) = commits.by_hash.get(hash) {
-            latencies.push(at.saturating_duration_since(*due).as_secs_f64() * 1e3);
+            let latency = at.saturating_duration_since(*due).as_secs_f64() * 1e3;
+            latencies.push(latency);
+            let second = due.saturating_duration_since(start).as_secs() as usize;
+            if seconds.len() <= second {
+                seconds.resize_with(second + 1, Vec::new);
+            }
+            seconds[second].push(latency);
             last_commit = last_commit.max(*at);
         }
     }
+    let by_second = seconds
+        .iter_mut()
+        .map(|l| (l.len(), percentile(l, 0.50), percentile(l, 0.99)))
+        .collect();
     let committed = latencies.len();
     let span = last_commit.duration_since(start).as_secs_f64().max(1e-3);
     let blocks: Vec<_> = commits.blocks[blocks_before..]
@@ -656,6 +687,7 @@ fn load_run(
             .map(|p| p.and_then(peak_rss_mib).unwrap_or(f64::NAN))
             .collect(),
         first_rejection,
+        by_second,
     })
 }
 
