@@ -341,7 +341,7 @@ impl Driver {
             waiting,
             self.parts.context.params.max_block_txs as usize,
             Instant::now(),
-            self.last_commit + self.parts.block_interval,
+            self.interval_end(),
             self.parts.fill_wait,
             self.parts.intake_busy.load(Ordering::Acquire),
         );
@@ -351,10 +351,15 @@ impl Driver {
         self.start_height()
     }
 
+    /// When the block interval after the last commit ends.
+    fn interval_end(&self) -> Instant {
+        self.last_commit + self.parts.block_interval
+    }
+
     /// When an idle driver should look again whether to start a height (it also looks
     /// whenever the mempool signals).
     fn next_start_check(&self) -> Instant {
-        let due = self.last_commit + self.parts.block_interval;
+        let due = self.interval_end();
         if Instant::now() < due {
             due
         } else {

@@ -214,7 +214,6 @@ impl Cluster {
                 let mut config = stele_genesis::NodeConfig::load(&path)?;
                 config.consensus.block_interval_ms = options.block_interval_ms;
                 config.consensus.fill_wait_ms = options.fill_wait_ms;
-                config.consensus.fill_wait_ms = options.fill_wait_ms;
                 config.log.level = options.log_level.clone();
                 config.write(&path)?;
                 nodes.push(NodeProcess {

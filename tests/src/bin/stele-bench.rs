@@ -107,6 +107,8 @@ struct Network {
     accounts: Vec<SigningKey>,
     nonces: Vec<u64>,
     treasury: PublicKey,
+    /// The nodes' `consensus.fill_wait_ms`, when we configured them.
+    fill_wait_ms: Option<u64>,
 }
 
 /// One measured run at one offered rate.
@@ -278,12 +280,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         "accounts": network.accounts.len(),
         "batch": args.batch,
         "block_interval_ms": args.block_interval_ms,
-        "fill_wait_ms": match args.attach {
-            Some(_) => Value::Null,
-            None => json!(args
-                .fill_wait_ms
-                .unwrap_or(stele_genesis::config::ConsensusSection::default().fill_wait_ms)),
-        },
+        "fill_wait_ms": network.fill_wait_ms,
         "v_b_per_core": v_b,
         "v_b_samples": v_b_samples,
         "s": s,
@@ -327,6 +324,7 @@ fn start(args: &Args) -> anyhow::Result<Network> {
         options.fill_wait_ms = ms;
     }
     options.log_level = "warn".into();
+    let fill_wait_ms = options.fill_wait_ms;
     let cluster = Cluster::start(options)?;
     let all: Vec<usize> = (0..args.validators).collect();
     cluster.wait_ready(&all, Duration::from_secs(60))?;
@@ -341,6 +339,7 @@ fn start(args: &Args) -> anyhow::Result<Network> {
         nonces: vec![0; accounts.len()],
         accounts,
         treasury: cluster.testnet.accounts[0].key,
+        fill_wait_ms: Some(fill_wait_ms),
         cluster: Some(cluster),
     };
     Ok(network)
@@ -398,6 +397,7 @@ fn attach(dir: &Path) -> anyhow::Result<Network> {
         domain: genesis.signing_domain()?,
         chain_id: genesis.chain_id.clone(),
         treasury: treasury.unwrap_or_else(|| accounts[0].public_key()),
+        fill_wait_ms: None,
         nonces,
         accounts,
     })
