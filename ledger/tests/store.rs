@@ -95,10 +95,9 @@ fn commits_survive_reopening() {
             assert_eq!((location.height, location.index as usize), (height, index));
         }
     }
-    // The index buckets its entries by the first 8 bytes of the hash: a hash that
-    // shares them with an indexed one, or shares nothing, is not found. (The first
-    // seven blocks were flushed to a table file when the store reopened, the rest
-    // are in the memtable, so both are asked.)
+    // A hash that differs from an indexed one in its last bit, or in everything, is
+    // not found. (The first seven blocks were flushed to a table file when the store
+    // reopened, the rest are in the memtable, so both are asked.)
     for height in [1, 12] {
         let indexed = chain.blocks[height - 1].0.txs[0].hash();
         let mut near = *indexed.as_bytes();

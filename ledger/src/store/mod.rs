@@ -915,18 +915,15 @@ fn open_db(path: &Path, options: &StoreOptions) -> Result<DB, LedgerError> {
             cf_options.set_memtable_factory(rocksdb::MemtableFactory::Vector);
         }
         if name == CF_TX_INDEX {
-            // A block adds one entry per transaction, under its (random) hash, and the
-            // index is only ever read by point lookups. In a skip list each insert
-            // walks some twenty levels of cache misses: under load that was about 5%
-            // of the machine, on the commit path. A hash table of linked lists,
-            // bucketed by the first 8 bytes of the hash, inserts in constant time;
-            // point lookups find their bucket by the same prefix. (Nothing iterates
-            // this column family: without `total_order_seek`, an iterator over a
-            // hash memtable would see only one prefix.)
-            cf_options.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(8));
-            cf_options.set_memtable_factory(rocksdb::MemtableFactory::HashLinkList {
-                bucket_count: 1 << 20,
-            });
+            // A block adds one entry per transaction, under its (random) hash. In a
+            // skip list of 64 MB (the default) each insert walks levels of cache
+            // misses: under load about 5% of the machine, on the commit path. At 8 MB
+            // the list is a fraction of the cache and its flushes are small: measured
+            // (1.2 million random keys, batches of 3,000), inserts took 680 ns a key
+            // instead of 1,260, and the process's CPU in all, flushes and compactions
+            // included, 1,100 ns instead of 1,525. (A hash-bucketed memtable inserted
+            // in 350 ns but spent 2 s sorting at each flush: 2,000 ns in all.)
+            cf_options.set_write_buffer_size(8 << 20);
         }
         ColumnFamilyDescriptor::new(name, cf_options)
     });
