@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod codec;
+pub mod consensus_streams;
 pub mod driver;
 pub mod export;
 pub mod intake;

@@ -6,8 +6,8 @@
 //!   remote's key. A peer that served bad blocks is blocked for a while.
 //! - **Transactions** travel by gossipsub, in batches, so they also reach peers we are
 //!   not directly connected to.
-//! - **Consensus messages** travel by direct request-response streams to each connected
-//!   peer, not by gossipsub. Validators of a permissioned chain are all connected to
+//! - **Consensus messages** travel on a direct, long-lived stream to each connected
+//!   peer ([`crate::consensus_streams`]), not by gossipsub. Validators of a permissioned chain are all connected to
 //!   each other, so gossip's relaying adds nothing but extra copies: with gossipsub a
 //!   multi-megabyte proposal would reach each validator once from the leader and again
 //!   from every other mesh member, and its duplicate filter would swallow the engine's
@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::codec::BorshCodec;
+use crate::consensus_streams;
 use crate::metrics::Metrics;
 
 /// Most blocks served in one sync response.
@@ -79,10 +80,6 @@ pub enum SyncResponse {
     /// The peer could not answer.
     Error(String),
 }
-
-/// A consensus message on its way to one peer.
-#[derive(Clone, Debug, BorshSerialize, BorshDeserialize)]
-pub struct ConsensusEnvelope(pub Vec<u8>);
 
 /// What the node asks of the network task.
 #[derive(Debug)]
@@ -171,7 +168,7 @@ struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
     gossip: gossipsub::Behaviour,
-    consensus: request_response::Behaviour<BorshCodec<ConsensusEnvelope, ()>>,
+    streams: libp2p_stream::Behaviour,
     sync: request_response::Behaviour<BorshCodec<SyncRequest, SyncResponse>>,
 }
 
@@ -267,16 +264,16 @@ pub fn spawn(
             .with_max_established_per_peer(Some(2))
             .with_max_pending_incoming(Some(config.max_peers)),
     );
-    let consensus = request_response::Behaviour::with_codec(
-        BorshCodec::new(config.max_consensus_bytes + 64, 16),
-        [(
-            StreamProtocol::new("/stele/consensus/1"),
-            request_response::ProtocolSupport::Full,
-        )],
-        request_response::Config::default()
-            .with_request_timeout(Duration::from_secs(10))
-            .with_max_concurrent_streams(1024),
-    );
+    let streams = libp2p_stream::Behaviour::new();
+    let mut control = streams.new_control();
+    let incoming = control
+        .accept(consensus_streams::PROTOCOL)
+        .map_err(|e| anyhow::anyhow!("consensus streams: {e}"))?;
+    tokio::spawn(consensus_streams::accept_loop(
+        incoming,
+        events.clone(),
+        config.max_consensus_bytes,
+    ));
     let sync = request_response::Behaviour::with_codec(
         BorshCodec::new(
             1024,
@@ -293,7 +290,7 @@ pub fn spawn(
         blocked: allow_block_list::Behaviour::default(),
         limits,
         gossip,
-        consensus,
+        streams,
         sync,
     };
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -338,6 +335,8 @@ pub fn spawn(
         peers: peers_tx,
         metrics,
         pending_status: HashSet::new(),
+        control,
+        outboxes: HashMap::new(),
     };
     tokio::spawn(task.run(commands_rx));
     Ok(Network {
@@ -361,6 +360,10 @@ struct NetworkTask {
     peers: watch::Sender<Vec<PeerInfo>>,
     metrics: Arc<Metrics>,
     pending_status: HashSet<request_response::OutboundRequestId>,
+    /// Opens consensus streams.
+    control: libp2p_stream::Control,
+    /// The consensus writer of each connected peer.
+    outboxes: HashMap<PeerId, mpsc::Sender<consensus_streams::Outgoing>>,
 }
 
 type SyncChannel = request_response::ResponseChannel<SyncResponse>;
@@ -438,12 +441,14 @@ impl NetworkTask {
     fn on_command(&mut self, command: NetCommand) {
         match command {
             NetCommand::Broadcast(bytes) => {
-                let peers: Vec<PeerId> = self.connected.keys().copied().collect();
-                for peer in peers {
-                    self.swarm
-                        .behaviour_mut()
-                        .consensus
-                        .send_request(&peer, ConsensusEnvelope(bytes.clone()));
+                let message = Arc::new(bytes);
+                for peer in self.connected.keys() {
+                    let outbox = self.outboxes.entry(*peer).or_insert_with(|| {
+                        consensus_streams::spawn_writer(self.control.clone(), *peer)
+                    });
+                    if outbox.try_send(Arc::clone(&message)).is_err() {
+                        debug!(%peer, "consensus outbox full: message dropped");
+                    }
                 }
             }
             NetCommand::GossipTxs(batch) => {
@@ -528,6 +533,8 @@ impl NetworkTask {
             } => {
                 if num_established == 0 {
                     self.connected.remove(&peer_id);
+                    // Its writer ends once it has tried what was queued.
+                    self.outboxes.remove(&peer_id);
                     info!(peer = %peer_id, "peer disconnected");
                     self.publish_peers();
                 } else if let Some(entry) = self.connected.get_mut(&peer_id) {
@@ -571,36 +578,6 @@ impl NetworkTask {
                     .gossip
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Consensus(event)) => match event {
-                request_response::Event::Message {
-                    peer,
-                    message:
-                        request_response::Message::Request {
-                            request, channel, ..
-                        },
-                    ..
-                } => {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .consensus
-                        .send_response(channel, ());
-                    if self
-                        .events
-                        .try_send(NetEvent::Consensus {
-                            peer,
-                            bytes: request.0,
-                        })
-                        .is_err()
-                    {
-                        debug!("consensus queue full: message dropped");
-                    }
-                }
-                request_response::Event::OutboundFailure { peer, error, .. } => {
-                    debug!(%peer, "consensus message not delivered: {error}");
-                }
-                _ => {}
-            },
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => match event {
                 request_response::Event::Message {
                     peer,

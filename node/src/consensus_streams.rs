@@ -1,0 +1,209 @@
+//! Consensus messages on one long-lived stream per peer and direction.
+//!
+//! Every height sends each peer a proposal, a prepare and a commit vote, and takes as
+//! many from it. Sent as request-response, each message opened a Yamux stream of its
+//! own, negotiated its protocol, waited for an empty answer and closed the stream
+//! again: about a third of the CPU a lone block costs, over all four validators. Here
+//! a writer task per peer keeps one stream open and writes each message on it as a
+//! 4-byte little-endian length and the encoded message, several at a time when they
+//! queue up. A reader task per inbound stream checks the length against the limit
+//! before it reads or allocates anything, and hands the message to the driver.
+//!
+//! Delivery is as before: best effort, in order. A message that finds its stream
+//! broken is tried once more on a new stream; one lost with a connection is recovered
+//! by the engine's timeouts and resends, as a lost request was.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use libp2p_stream::{Control, IncomingStreams};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::network::NetEvent;
+
+/// The protocol: frames of a length and an encoded consensus message.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/stele/consensus/2");
+
+/// Messages waiting for one peer's writer at most; more are dropped (the engine
+/// resends what matters).
+pub const OUTBOX_MESSAGES: usize = 1024;
+
+/// Messages written together at most (one buffer, one flush).
+const WRITE_BATCH_MESSAGES: usize = 64;
+
+/// How long opening a stream, or writing a batch on it, may take.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A message on its way, shared by the outboxes of every peer it goes to.
+pub type Outgoing = Arc<Vec<u8>>;
+
+/// Starts the writer for `peer`; it ends when the returned sender is dropped.
+pub fn spawn_writer(control: Control, peer: PeerId) -> mpsc::Sender<Outgoing> {
+    let (tx, rx) = mpsc::channel(OUTBOX_MESSAGES);
+    tokio::spawn(write_loop(control, peer, rx));
+    tx
+}
+
+/// Encodes `messages` as consecutive frames.
+pub fn frames(messages: &[Outgoing]) -> Vec<u8> {
+    let len = messages.iter().map(|m| 4 + m.len()).sum();
+    let mut buffer = Vec::with_capacity(len);
+    for message in messages {
+        let n = u32::try_from(message.len()).expect("consensus messages are far below 4 GiB");
+        buffer.extend_from_slice(&n.to_le_bytes());
+        buffer.extend_from_slice(message);
+    }
+    buffer
+}
+
+async fn write_loop(mut control: Control, peer: PeerId, mut outbox: mpsc::Receiver<Outgoing>) {
+    let mut stream: Option<Stream> = None;
+    let mut batch = Vec::with_capacity(WRITE_BATCH_MESSAGES);
+    while outbox.recv_many(&mut batch, WRITE_BATCH_MESSAGES).await > 0 {
+        let buffer = frames(&batch);
+        batch.clear();
+        // A stream may have broken since the last write (the connection was replaced):
+        // one more try, on a new stream.
+        for attempt in 0..2 {
+            if stream.is_none() {
+                match tokio::time::timeout(IO_TIMEOUT, control.open_stream(peer, PROTOCOL)).await {
+                    Ok(Ok(opened)) => stream = Some(opened),
+                    Ok(Err(e)) => {
+                        debug!(%peer, "cannot open a consensus stream: {e}");
+                        break;
+                    }
+                    Err(_) => {
+                        debug!(%peer, "opening a consensus stream timed out");
+                        break;
+                    }
+                }
+            }
+            let Some(open) = stream.as_mut() else { break };
+            let written = tokio::time::timeout(IO_TIMEOUT, async {
+                open.write_all(&buffer).await?;
+                open.flush().await
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => debug!(%peer, attempt, "consensus stream broke: {e}"),
+                Err(_) => debug!(%peer, attempt, "consensus stream write timed out"),
+            }
+            stream = None;
+        }
+    }
+}
+
+/// Reads every inbound consensus stream, each in a task of its own, into `events`.
+pub async fn accept_loop(
+    mut incoming: IncomingStreams,
+    events: mpsc::Sender<NetEvent>,
+    max_bytes: usize,
+) {
+    while let Some((peer, stream)) = incoming.next().await {
+        tokio::spawn(read_loop(peer, stream, events.clone(), max_bytes));
+    }
+}
+
+/// Why a stream's reading ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The stream closed or failed.
+    Closed,
+    /// A frame announced more bytes than allowed.
+    Oversized(usize),
+    /// The driver is gone.
+    Stopped,
+}
+
+/// Reads frames from `io` until it ends, handing each message to `deliver` (which
+/// returns false to stop).
+pub async fn read_frames<R, F>(io: &mut R, max_bytes: usize, mut deliver: F) -> ReadEnd
+where
+    R: futures::AsyncRead + Unpin,
+    F: FnMut(Vec<u8>) -> bool,
+{
+    loop {
+        let mut len = [0u8; 4];
+        if io.read_exact(&mut len).await.is_err() {
+            return ReadEnd::Closed;
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > max_bytes {
+            return ReadEnd::Oversized(len);
+        }
+        let mut message = vec![0u8; len];
+        if io.read_exact(&mut message).await.is_err() {
+            return ReadEnd::Closed;
+        }
+        if !deliver(message) {
+            return ReadEnd::Stopped;
+        }
+    }
+}
+
+async fn read_loop(
+    peer: PeerId,
+    mut stream: Stream,
+    events: mpsc::Sender<NetEvent>,
+    max_bytes: usize,
+) {
+    let end = read_frames(&mut stream, max_bytes, |bytes| {
+        match events.try_send(NetEvent::Consensus { peer, bytes }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                debug!("consensus queue full: message dropped");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    })
+    .await;
+    if let ReadEnd::Oversized(len) = end {
+        tracing::warn!(
+            %peer,
+            "consensus message of {len} bytes is over the limit of {max_bytes}: stream closed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(bytes: &[u8], max: usize) -> (Vec<Vec<u8>>, ReadEnd) {
+        let mut got = Vec::new();
+        let mut io = futures::io::Cursor::new(bytes.to_vec());
+        let end = futures::executor::block_on(read_frames(&mut io, max, |m| {
+            got.push(m);
+            true
+        }));
+        (got, end)
+    }
+
+    #[test]
+    fn frames_read_back_in_order_and_an_oversized_one_ends_the_stream() {
+        let messages: Vec<Outgoing> = vec![
+            Arc::new(b"pre-prepare".to_vec()),
+            Arc::new(Vec::new()),
+            Arc::new(vec![7; 300]),
+        ];
+        let encoded = frames(&messages);
+        assert_eq!(encoded.len(), 3 * 4 + 11 + 300);
+        let (got, end) = read_all(&encoded, 300);
+        let want: Vec<Vec<u8>> = messages.iter().map(|m| m.to_vec()).collect();
+        assert_eq!(got, want);
+        assert_eq!(end, ReadEnd::Closed);
+        // One byte over the limit: the frames before it arrive, nothing after.
+        let (got, end) = read_all(&encoded, 299);
+        assert_eq!(got, want[..2].to_vec());
+        assert_eq!(end, ReadEnd::Oversized(300));
+        // A frame cut short is not delivered.
+        let (got, end) = read_all(&encoded[..encoded.len() - 1], 300);
+        assert_eq!(got.len(), 2);
+        assert_eq!(end, ReadEnd::Closed);
+    }
+}
