@@ -542,13 +542,20 @@ impl Store {
         batch.put_cf(self.cf(CF_BLOCKS), key, encode(block));
         batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(certificate));
         batch.put_cf(self.cf(CF_RECEIPTS), key, encode(&outcome.receipts));
+        // The index's entries go in in hash order: the memtable's skip list starts each
+        // insert's search where the last one ended, which for random hashes was the top
+        // of the list (see the `memtables` example).
         let index_cf = self.cf(CF_TX_INDEX);
-        for (index, receipt) in outcome.receipts.iter().enumerate() {
-            let location = TxLocation {
-                height,
-                index: index as u32,
-            };
-            batch.put_cf(index_cf, receipt.tx_hash.as_bytes(), encode(&location));
+        let mut entries: Vec<(&Hash, u32)> = outcome
+            .receipts
+            .iter()
+            .enumerate()
+            .map(|(index, receipt)| (&receipt.tx_hash, index as u32))
+            .collect();
+        entries.sort_unstable();
+        for (hash, index) in entries {
+            let location = TxLocation { height, index };
+            batch.put_cf(index_cf, hash.as_bytes(), encode(&location));
         }
         self.put_state_values(&mut batch, &outcome.delta);
         if outcome.next_validator_set.hash() != outcome.validator_set.hash() {
