@@ -34,6 +34,9 @@ pub const OUTBOX_MESSAGES: usize = 1024;
 /// Messages written together at most (one buffer, one flush).
 const WRITE_BATCH_MESSAGES: usize = 64;
 
+/// What a frame's buffer starts at, however long the frame says it is.
+const INITIAL_FRAME_CAPACITY: usize = 64 * 1024;
+
 /// How long opening a stream, or writing a batch on it, may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -135,9 +138,12 @@ where
         if len > max_bytes {
             return ReadEnd::Oversized(len);
         }
-        let mut message = vec![0u8; len];
-        if io.read_exact(&mut message).await.is_err() {
-            return ReadEnd::Closed;
+        // The buffer grows with the bytes that arrive, so a peer announcing large
+        // frames on many streams holds only the memory it has actually sent.
+        let mut message = Vec::with_capacity(len.min(INITIAL_FRAME_CAPACITY));
+        match (&mut *io).take(len as u64).read_to_end(&mut message).await {
+            Ok(n) if n == len => {}
+            _ => return ReadEnd::Closed,
         }
         if !deliver(message) {
             return ReadEnd::Stopped;
@@ -204,6 +210,18 @@ mod tests {
         // A frame cut short is not delivered.
         let (got, end) = read_all(&encoded[..encoded.len() - 1], 300);
         assert_eq!(got.len(), 2);
+        assert_eq!(end, ReadEnd::Closed);
+        // A frame announcing the limit, of which only a few bytes come, is not
+        // delivered either, and neither is what follows the cut.
+        let mut long = (1u32 << 20).to_le_bytes().to_vec();
+        long.extend_from_slice(&[1; 100]);
+        let (got, end) = read_all(&long, 1 << 20);
+        assert!(got.is_empty());
+        assert_eq!(end, ReadEnd::Closed);
+        // A frame longer than the buffer's first allocation arrives whole.
+        let big: Vec<Outgoing> = vec![Arc::new((0..200_000).map(|i| i as u8).collect())];
+        let (got, end) = read_all(&frames(&big), 1 << 20);
+        assert_eq!(got, vec![big[0].to_vec()]);
         assert_eq!(end, ReadEnd::Closed);
     }
 }
