@@ -13,7 +13,8 @@
 //! broken is tried once more on a new stream; one lost with a connection is recovered
 //! by the engine's timeouts and resends, as a lost request was.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -33,6 +34,11 @@ pub const OUTBOX_MESSAGES: usize = 1024;
 
 /// Messages written together at most (one buffer, one flush).
 const WRITE_BATCH_MESSAGES: usize = 64;
+
+/// Inbound consensus streams one peer may hold open at once. An honest peer has one,
+/// and briefly two while its writer replaces a broken one; past the cap, new streams
+/// are refused, so a faulty peer cannot make us keep a reader task per stream it opens.
+pub const INBOUND_STREAMS_PER_PEER: usize = 4;
 
 /// What a frame's buffer starts at, however long the frame says it is.
 const INITIAL_FRAME_CAPACITY: usize = 64 * 1024;
@@ -100,14 +106,76 @@ async fn write_loop(mut control: Control, peer: PeerId, mut outbox: mpsc::Receiv
     }
 }
 
-/// Reads every inbound consensus stream, each in a task of its own, into `events`.
+/// Reads every inbound consensus stream, each in a task of its own, into `events`;
+/// up to [`INBOUND_STREAMS_PER_PEER`] at once from any one peer.
 pub async fn accept_loop(
     mut incoming: IncomingStreams,
     events: mpsc::Sender<NetEvent>,
     max_bytes: usize,
 ) {
+    let slots = StreamSlots::new(INBOUND_STREAMS_PER_PEER);
     while let Some((peer, stream)) = incoming.next().await {
-        tokio::spawn(read_loop(peer, stream, events.clone(), max_bytes));
+        match slots.take(peer) {
+            Some(slot) => {
+                let events = events.clone();
+                tokio::spawn(async move {
+                    read_loop(peer, stream, events, max_bytes).await;
+                    drop(slot);
+                });
+            }
+            None => tracing::warn!(
+                %peer,
+                "peer already has {INBOUND_STREAMS_PER_PEER} consensus streams open: another refused"
+            ),
+        }
+    }
+}
+
+/// Counts the inbound streams each peer holds open.
+#[derive(Clone)]
+struct StreamSlots {
+    open: Arc<Mutex<HashMap<PeerId, usize>>>,
+    per_peer: usize,
+}
+
+/// One open stream of `peer`; dropping it frees the slot.
+struct StreamSlot {
+    slots: StreamSlots,
+    peer: PeerId,
+}
+
+impl StreamSlots {
+    fn new(per_peer: usize) -> StreamSlots {
+        StreamSlots {
+            open: Arc::new(Mutex::new(HashMap::new())),
+            per_peer,
+        }
+    }
+
+    /// A slot for another stream of `peer`, unless it holds all of its own.
+    fn take(&self, peer: PeerId) -> Option<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(peer).or_insert(0);
+        if *count >= self.per_peer {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot {
+            slots: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -188,6 +256,23 @@ mod tests {
             true
         }));
         (got, end)
+    }
+
+    #[test]
+    fn a_peer_holds_at_most_its_share_of_inbound_streams() {
+        let slots = StreamSlots::new(2);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let first = slots.take(a).expect("a's first stream");
+        let _second = slots.take(a).expect("a's second stream");
+        assert!(slots.take(a).is_none(), "a's third stream is refused");
+        let _other = slots.take(b).expect("b has slots of its own");
+        drop(first);
+        assert!(slots.take(a).is_some(), "a closed one: room again");
+        drop(_other);
+        assert!(
+            !slots.open.lock().unwrap().contains_key(&b),
+            "a peer with no streams is forgotten"
+        );
     }
 
     #[test]
