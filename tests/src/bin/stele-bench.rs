@@ -91,6 +91,12 @@ struct Args {
     /// Seconds to wait, after the load, for accepted transactions to commit.
     #[arg(long, default_value_t = 60)]
     drain: u64,
+    /// Longest wait before each run for the nodes to go quiet (their CPU, summed, under
+    /// a tenth of a core over half a second), so that no run starts on the flushes and
+    /// compactions an earlier, heavier one left behind. 0: no wait. Networks we did not
+    /// start (--attach) are not watched.
+    #[arg(long, default_value_t = 30)]
+    settle_max_secs: u64,
     /// Where to write bench.json and bench.svg.
     #[arg(long, value_name = "DIR", default_value = "bench-out")]
     out: PathBuf,
@@ -132,6 +138,8 @@ struct RunResult {
     first_rejection: Option<String>,
     /// For each second of the load, by due time: transactions, p50 and p99 latency.
     by_second: Vec<(usize, f64, f64)>,
+    /// Seconds waited before the run for the nodes to go quiet, and whether they did.
+    settled: Option<(f64, bool)>,
 }
 
 impl RunResult {
@@ -151,6 +159,8 @@ impl RunResult {
             "node_cpu_secs": self.cpu_secs,
             "node_peak_rss_mib": self.peak_rss_mib,
             "first_rejection": self.first_rejection,
+            "settle_secs": self.settled.map(|(secs, _)| secs),
+            "settled_quiet": self.settled.map(|(_, quiet)| quiet),
             "latency_ms_by_second": self
                 .by_second
                 .iter()
@@ -557,6 +567,7 @@ fn load_run(
         });
         signed += n;
     }
+    let settled = settle(network, Duration::from_secs(args.settle_max_secs));
     let cpu_before: Vec<Option<f64>> = network.pids.iter().map(|p| p.and_then(cpu_secs)).collect();
     let blocks_before = {
         let mut commits = commits.lock().expect("not poisoned");
@@ -697,6 +708,7 @@ fn load_run(
             .collect(),
         first_rejection,
         by_second,
+        settled,
     })
 }
 
@@ -752,6 +764,36 @@ fn percentile(values: &mut [f64], q: f64) -> f64 {
     values[rank - 1]
 }
 
+/// Waits up to `max` for the nodes' CPU use, summed, to fall under a tenth of a core
+/// over half a second; returns how long it waited, and whether they went quiet (None
+/// when they are not ours to watch, or `max` is zero).
+fn settle(network: &Network, max: Duration) -> Option<(f64, bool)> {
+    const WINDOW: Duration = Duration::from_millis(500);
+    const QUIET_CORES: f64 = 0.1;
+    let pids: Vec<u32> = network.pids.iter().flatten().copied().collect();
+    if pids.is_empty() || max.is_zero() {
+        return None;
+    }
+    let total = || pids.iter().filter_map(|p| cpu_secs(*p)).sum::<f64>();
+    let started = Instant::now();
+    loop {
+        let (before, at) = (total(), Instant::now());
+        std::thread::sleep(WINDOW);
+        let busy = (total() - before) / at.elapsed().as_secs_f64();
+        let waited = started.elapsed();
+        if busy < QUIET_CORES {
+            return Some((waited.as_secs_f64(), true));
+        }
+        if waited >= max {
+            eprintln!(
+                "  the nodes were still using {busy:.2} cores after {:.0} s: starting anyway",
+                waited.as_secs_f64()
+            );
+            return Some((waited.as_secs_f64(), false));
+        }
+    }
+}
+
 /// User plus system CPU seconds of a process so far.
 fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -796,7 +838,7 @@ fn median(values: &[f64]) -> f64 {
 
 fn print_row(r: &RunResult) {
     eprintln!(
-        "  offered {:>7.0} tx/s  committed {:>7.0} tx/s  p50 {:>7.1} ms  p90 {:>7.1} ms  p99 {:>7.1} ms  {:>5.1} blocks/s  accepted {} rejected {} lost {}",
+        "  offered {:>7.0} tx/s  committed {:>7.0} tx/s  p50 {:>7.1} ms  p90 {:>7.1} ms  p99 {:>7.1} ms  {:>5.1} blocks/s  accepted {} rejected {} lost {}{}",
         r.offered,
         r.committed_tps,
         r.p50_ms,
@@ -805,7 +847,11 @@ fn print_row(r: &RunResult) {
         r.blocks_per_sec,
         r.accepted,
         r.rejected,
-        r.lost
+        r.lost,
+        match r.settled {
+            Some((secs, _)) => format!("  (settled {secs:.1} s)"),
+            None => String::new(),
+        }
     );
     if let Some(reason) = &r.first_rejection {
         eprintln!("  first rejection: {reason}");
