@@ -2,7 +2,8 @@
 //! 1.2 million random 32-byte keys in batches of 3,000 (about one block's worth) into
 //! a column family set up like the transaction index (6-byte values) or the state
 //! values (48-byte values), for several memtables and write-buffer sizes, and with
-//! each batch's keys in hash order or sorted ("skip-sort"). For each it
+//! each batch's keys in the random order they are made or sorted ("skip-sort"). For
+//! each it
 //! reports the time per insert on the writing thread, the last flush, and the
 //! process's CPU per key with flushes and compactions included.
 //!

@@ -40,7 +40,8 @@ const WRITE_BATCH_MESSAGES: usize = 64;
 /// are refused, so a faulty peer cannot make us keep a reader task per stream it opens.
 pub const INBOUND_STREAMS_PER_PEER: usize = 4;
 
-/// What a frame's buffer starts at, however long the frame says it is.
+/// The most a frame's buffer takes before that many bytes of it have arrived; it then
+/// doubles as they come, up to the frame's length.
 const INITIAL_FRAME_CAPACITY: usize = 64 * 1024;
 
 /// How long opening a stream, or writing a batch on it, may take.
@@ -114,6 +115,8 @@ pub async fn accept_loop(
     max_bytes: usize,
 ) {
     let slots = StreamSlots::new(INBOUND_STREAMS_PER_PEER);
+    // One warning a minute per peer, however fast it opens streams.
+    let mut warned: HashMap<PeerId, std::time::Instant> = HashMap::new();
     while let Some((peer, stream)) = incoming.next().await {
         match slots.take(peer) {
             Some(slot) => {
@@ -123,10 +126,21 @@ pub async fn accept_loop(
                     drop(slot);
                 });
             }
-            None => tracing::warn!(
-                %peer,
-                "peer already has {INBOUND_STREAMS_PER_PEER} consensus streams open: another refused"
-            ),
+            None => {
+                let now = std::time::Instant::now();
+                let due = warned
+                    .get(&peer)
+                    .is_none_or(|last| now.duration_since(*last) >= Duration::from_secs(60));
+                if due {
+                    warned.insert(peer, now);
+                    tracing::warn!(
+                        %peer,
+                        "peer already has {INBOUND_STREAMS_PER_PEER} consensus streams open: another refused (warned once a minute)"
+                    );
+                } else {
+                    debug!(%peer, "consensus stream refused: the peer holds its share");
+                }
+            }
         }
     }
 }
@@ -206,12 +220,18 @@ where
         if len > max_bytes {
             return ReadEnd::Oversized(len);
         }
-        // The buffer grows with the bytes that arrive, so a peer announcing large
-        // frames on many streams holds only the memory it has actually sent.
-        let mut message = Vec::with_capacity(len.min(INITIAL_FRAME_CAPACITY));
-        match (&mut *io).take(len as u64).read_to_end(&mut message).await {
-            Ok(n) if n == len => {}
-            _ => return ReadEnd::Closed,
+        // The buffer grows with the bytes that arrive (doubling from
+        // INITIAL_FRAME_CAPACITY, never past `len`), so a peer announcing large frames
+        // on many streams holds about the memory it has actually sent.
+        let mut message = Vec::new();
+        while message.len() < len {
+            let start = message.len();
+            let end = len.min(start + start.max(INITIAL_FRAME_CAPACITY));
+            message.reserve_exact(end - start);
+            message.resize(end, 0);
+            if io.read_exact(&mut message[start..]).await.is_err() {
+                return ReadEnd::Closed;
+            }
         }
         if !deliver(message) {
             return ReadEnd::Stopped;
@@ -297,16 +317,27 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(end, ReadEnd::Closed);
         // A frame announcing the limit, of which only a few bytes come, is not
-        // delivered either, and neither is what follows the cut.
+        // delivered either.
         let mut long = (1u32 << 20).to_le_bytes().to_vec();
         long.extend_from_slice(&[1; 100]);
         let (got, end) = read_all(&long, 1 << 20);
         assert!(got.is_empty());
         assert_eq!(end, ReadEnd::Closed);
-        // A frame longer than the buffer's first allocation arrives whole.
-        let big: Vec<Outgoing> = vec![Arc::new((0..200_000).map(|i| i as u8).collect())];
+        // Frames at, just past and well past the buffer's first allocation arrive
+        // whole, one after the other.
+        let big: Vec<Outgoing> = [INITIAL_FRAME_CAPACITY, INITIAL_FRAME_CAPACITY + 1, 200_000]
+            .iter()
+            .map(|&n| Arc::new((0..n).map(|i| (i % 251) as u8).collect()))
+            .collect();
         let (got, end) = read_all(&frames(&big), 1 << 20);
-        assert_eq!(got, vec![big[0].to_vec()]);
+        let want: Vec<Vec<u8>> = big.iter().map(|m| m.to_vec()).collect();
+        assert_eq!(got, want);
+        // (read_to_end's doubling left frames of exactly a power of two at twice
+        // their size)
+        assert!(
+            got.iter().all(|m| m.capacity() < 2 * m.len()),
+            "no doubled slack kept"
+        );
         assert_eq!(end, ReadEnd::Closed);
     }
 }

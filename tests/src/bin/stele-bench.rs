@@ -765,22 +765,30 @@ fn percentile(values: &mut [f64], q: f64) -> f64 {
 }
 
 /// Waits up to `max` for the nodes' CPU use, summed, to fall under a tenth of a core
-/// over half a second; returns how long it waited, and whether they went quiet (None
-/// when they are not ours to watch, or `max` is zero).
+/// over one second; returns how long it waited, and whether they went quiet (None
+/// when they are not ours to watch, or `max` is zero). A node whose CPU time cannot be
+/// read (it exited) ends the wait as not quiet.
 fn settle(network: &Network, max: Duration) -> Option<(f64, bool)> {
-    const WINDOW: Duration = Duration::from_millis(500);
+    // /proc counts CPU time in ticks of 10 ms: over four nodes a window of one second
+    // reads to within about 0.04 cores.
+    const WINDOW: Duration = Duration::from_secs(1);
     const QUIET_CORES: f64 = 0.1;
     let pids: Vec<u32> = network.pids.iter().flatten().copied().collect();
     if pids.is_empty() || max.is_zero() {
         return None;
     }
-    let total = || pids.iter().filter_map(|p| cpu_secs(*p)).sum::<f64>();
+    let total = || pids.iter().map(|p| cpu_secs(*p)).sum::<Option<f64>>();
     let started = Instant::now();
     loop {
-        let (before, at) = (total(), Instant::now());
+        let at = Instant::now();
+        let before = total();
         std::thread::sleep(WINDOW);
-        let busy = (total() - before) / at.elapsed().as_secs_f64();
         let waited = started.elapsed();
+        let (Some(before), Some(after)) = (before, total()) else {
+            eprintln!("  a node's CPU time could not be read (has it exited?)");
+            return Some((waited.as_secs_f64(), false));
+        };
+        let busy = (after - before) / at.elapsed().as_secs_f64();
         if busy < QUIET_CORES {
             return Some((waited.as_secs_f64(), true));
         }
@@ -849,7 +857,8 @@ fn print_row(r: &RunResult) {
         r.rejected,
         r.lost,
         match r.settled {
-            Some((secs, _)) => format!("  (settled {secs:.1} s)"),
+            Some((secs, true)) => format!("  (settled {secs:.1} s)"),
+            Some((secs, false)) => format!("  (not quiet after {secs:.1} s)"),
             None => String::new(),
         }
     );
