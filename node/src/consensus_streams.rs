@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::debug;
 
 use crate::network::NetEvent;
@@ -39,6 +39,30 @@ const WRITE_BATCH_MESSAGES: usize = 64;
 /// and briefly two while its writer replaces a broken one; past the cap, new streams
 /// are refused, so a faulty peer cannot make us keep a reader task per stream it opens.
 pub const INBOUND_STREAMS_PER_PEER: usize = 4;
+
+/// The least the messages waiting for the driver may hold in all, bytes; the budget is
+/// four of the largest messages when that is more. The driver's queue also caps their
+/// count, but a count of large messages could pin gigabytes.
+const QUEUE_BYTES_MIN: usize = 64 << 20;
+
+/// A message's share of the queue's byte budget, given back when the driver is done
+/// with the message (when this is dropped).
+pub struct QueuedBytes(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl std::fmt::Debug for QueuedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QueuedBytes({})", self.0.num_permits())
+    }
+}
+
+/// `len` bytes of `budget`, if that many are free.
+fn reserve(budget: &Arc<Semaphore>, len: usize) -> Option<QueuedBytes> {
+    let len = u32::try_from(len).ok()?;
+    Arc::clone(budget)
+        .try_acquire_many_owned(len)
+        .ok()
+        .map(QueuedBytes)
+}
 
 /// The most a frame's buffer takes before that many bytes of it have arrived; it then
 /// doubles as they come, up to the frame's length.
@@ -115,14 +139,20 @@ pub async fn accept_loop(
     max_bytes: usize,
 ) {
     let slots = StreamSlots::new(INBOUND_STREAMS_PER_PEER);
+    let budget = Arc::new(Semaphore::new(
+        max_bytes
+            .saturating_mul(4)
+            .clamp(QUEUE_BYTES_MIN, Semaphore::MAX_PERMITS),
+    ));
     // One warning a minute per peer, however fast it opens streams.
     let mut warned: HashMap<PeerId, std::time::Instant> = HashMap::new();
     while let Some((peer, stream)) = incoming.next().await {
         match slots.take(peer) {
             Some(slot) => {
                 let events = events.clone();
+                let budget = Arc::clone(&budget);
                 tokio::spawn(async move {
-                    read_loop(peer, stream, events, max_bytes).await;
+                    read_loop(peer, stream, events, budget, max_bytes).await;
                     drop(slot);
                 });
             }
@@ -243,10 +273,19 @@ async fn read_loop(
     peer: PeerId,
     mut stream: Stream,
     events: mpsc::Sender<NetEvent>,
+    budget: Arc<Semaphore>,
     max_bytes: usize,
 ) {
     let end = read_frames(&mut stream, max_bytes, |bytes| {
-        match events.try_send(NetEvent::Consensus { peer, bytes }) {
+        let Some(queued) = reserve(&budget, bytes.len()) else {
+            debug!("consensus queue over its byte budget: message dropped");
+            return true;
+        };
+        match events.try_send(NetEvent::Consensus {
+            peer,
+            bytes,
+            queued,
+        }) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 debug!("consensus queue full: message dropped");
@@ -276,6 +315,25 @@ mod tests {
             true
         }));
         (got, end)
+    }
+
+    #[test]
+    fn queued_messages_hold_their_bytes_of_the_budget_until_dropped() {
+        let budget = Arc::new(Semaphore::new(100));
+        let first = reserve(&budget, 60).expect("60 of 100 free");
+        assert!(reserve(&budget, 50).is_none(), "only 40 left");
+        let small = reserve(&budget, 40).expect("exactly what is left");
+        assert!(reserve(&budget, 1).is_none());
+        drop(first);
+        assert!(
+            reserve(&budget, 50).is_some(),
+            "the first message's bytes came back"
+        );
+        drop(small);
+        assert!(
+            reserve(&budget, usize::MAX).is_none(),
+            "more than a u32 is refused"
+        );
     }
 
     #[test]

@@ -388,7 +388,7 @@ impl Driver {
 
     fn on_net_event(&mut self, event: NetEvent) -> anyhow::Result<()> {
         match event {
-            NetEvent::Consensus { peer, bytes } => {
+            NetEvent::Consensus { peer, bytes, .. } => {
                 if !self.started {
                     // Learn the message's height without trusting it: it only decides
                     // whether to start the next height now or after the interval.

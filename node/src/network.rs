@@ -117,6 +117,8 @@ pub enum NetEvent {
         peer: PeerId,
         /// Encoded message.
         bytes: Vec<u8>,
+        /// Its bytes of the inbound queue's budget, freed when this is dropped.
+        queued: crate::consensus_streams::QueuedBytes,
     },
     /// An answer to [`NetCommand::Sync`] or [`NetCommand::PollStatus`].
     Sync {
