@@ -3,8 +3,7 @@
 //! a column family set up like the transaction index (6-byte values) or the state
 //! values (48-byte values), for several memtables and write-buffer sizes, and with
 //! each batch's keys in the random order they are made or sorted ("skip-sort"). For
-//! each it
-//! reports the time per insert on the writing thread, the last flush, and the
+//! each it reports the time per insert on the writing thread, the last flush, and the
 //! process's CPU per key with flushes and compactions included.
 //!
 //! `cargo run --profile ci --example memtables [index|values]`

@@ -47,11 +47,13 @@ const QUEUE_BYTES_MIN: usize = 64 << 20;
 
 /// A message's share of the queue's byte budget, given back when the driver is done
 /// with the message (when this is dropped).
-pub struct QueuedBytes(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct QueuedBytes {
+    _permit: OwnedSemaphorePermit,
+}
 
 impl std::fmt::Debug for QueuedBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QueuedBytes({})", self.0.num_permits())
+        write!(f, "QueuedBytes({})", self._permit.num_permits())
     }
 }
 
@@ -61,7 +63,7 @@ fn reserve(budget: &Arc<Semaphore>, len: usize) -> Option<QueuedBytes> {
     Arc::clone(budget)
         .try_acquire_many_owned(len)
         .ok()
-        .map(QueuedBytes)
+        .map(|permit| QueuedBytes { _permit: permit })
 }
 
 /// The most a frame's buffer takes before that many bytes of it have arrived; it then
@@ -144,7 +146,8 @@ pub async fn accept_loop(
             .saturating_mul(4)
             .clamp(QUEUE_BYTES_MIN, Semaphore::MAX_PERMITS),
     ));
-    // One warning a minute per peer, however fast it opens streams.
+    // One warning a minute per peer, however fast it opens streams (only allowed peers
+    // get this far, so the map stays as small as the network).
     let mut warned: HashMap<PeerId, std::time::Instant> = HashMap::new();
     while let Some((peer, stream)) = incoming.next().await {
         match slots.take(peer) {
@@ -343,10 +346,10 @@ mod tests {
         let first = slots.take(a).expect("a's first stream");
         let _second = slots.take(a).expect("a's second stream");
         assert!(slots.take(a).is_none(), "a's third stream is refused");
-        let _other = slots.take(b).expect("b has slots of its own");
+        let other = slots.take(b).expect("b has slots of its own");
         drop(first);
         assert!(slots.take(a).is_some(), "a closed one: room again");
-        drop(_other);
+        drop(other);
         assert!(
             !slots.open.lock().unwrap().contains_key(&b),
             "a peer with no streams is forgotten"

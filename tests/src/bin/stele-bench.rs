@@ -92,7 +92,7 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     drain: u64,
     /// Longest wait before each run for the nodes to go quiet (their CPU, summed, under
-    /// a tenth of a core over half a second), so that no run starts on the flushes and
+    /// a tenth of a core over one second), so that no run starts on the flushes and
     /// compactions an earlier, heavier one left behind. 0: no wait. Networks we did not
     /// start (--attach) are not watched.
     #[arg(long, default_value_t = 30)]
