@@ -43,8 +43,11 @@
 //! window, membership and signature before it touches any state. Messages for the next
 //! [`EngineConfig::future_heights`] heights, and for views of this height above the
 //! current one, wait in a buffer of at most [`EngineConfig::buffered_messages_max`]
-//! messages; when it is full, the message for the farthest (height, view) is dropped,
-//! since the nearest are the ones that can be used first.
+//! messages and [`EngineConfig::buffered_bytes_max`] encoded bytes; when it is full,
+//! messages for the farthest (height, view) are dropped to make room, since the
+//! nearest are the ones that can be used first. Messages for a later height cannot
+//! be checked yet (its validator set may differ), so the byte bound is what keeps a
+//! faulty validator from pinning `buffered_messages_max` messages of the largest size.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -74,6 +77,9 @@ pub struct EngineConfig {
     pub future_views: u64,
     /// Most messages kept for later heights and views.
     pub buffered_messages_max: usize,
+    /// Most encoded bytes those messages may hold together; never less than twice
+    /// `message_bytes_max` is used, so the largest proposal always fits.
+    pub buffered_bytes_max: usize,
     /// Most blocks kept per height (proposals and blocks attached to view changes).
     pub blocks_per_height_max: usize,
     /// A deliberately broken engine, for the simulation's negative control: new leaders
@@ -93,6 +99,7 @@ impl EngineConfig {
             future_heights: 2,
             future_views: 16,
             buffered_messages_max: 4096,
+            buffered_bytes_max: 64 << 20,
             blocks_per_height_max: 64,
             #[cfg(feature = "test-faults")]
             ignore_prepared_certificates: false,
@@ -286,14 +293,29 @@ struct StoredViewChange {
 /// Messages waiting for a later height or view, bounded (see the module docs).
 #[derive(Default)]
 struct FutureBuffer {
-    by_position: BTreeMap<(u64, u64), Vec<ConsensusMessage>>,
+    /// Each message with its encoded size.
+    by_position: BTreeMap<(u64, u64), Vec<(ConsensusMessage, usize)>>,
     len: usize,
+    bytes: usize,
+}
+
+/// How many messages and bytes a [`FutureBuffer`] may hold.
+#[derive(Clone, Copy)]
+struct FutureBounds {
+    messages: usize,
+    bytes: usize,
 }
 
 impl FutureBuffer {
-    fn push(&mut self, message: ConsensusMessage, max: usize) {
+    /// Keeps `message` if it fits, dropping messages for farther positions to make
+    /// room; refuses it when only messages as near or nearer are left to drop.
+    fn push(&mut self, message: ConsensusMessage, bounds: FutureBounds) {
         let key = (message.height(), message.view());
-        if self.len >= max {
+        let size = borsh::object_length(&message).unwrap_or(usize::MAX);
+        if size > bounds.bytes {
+            return;
+        }
+        while self.len >= bounds.messages || self.bytes + size > bounds.bytes {
             let Some(farthest) = self.by_position.keys().next_back().copied() else {
                 return;
             };
@@ -301,21 +323,27 @@ impl FutureBuffer {
                 return;
             }
             let bucket = self.by_position.get_mut(&farthest).expect("key just read");
-            bucket.pop();
+            let (_, dropped) = bucket.pop().expect("buckets are never empty");
             self.len -= 1;
+            self.bytes -= dropped;
             if bucket.is_empty() {
                 self.by_position.remove(&farthest);
             }
         }
-        self.by_position.entry(key).or_default().push(message);
+        self.by_position
+            .entry(key)
+            .or_default()
+            .push((message, size));
         self.len += 1;
+        self.bytes += size;
     }
 
     /// Removes and returns the messages for `(height, view)`.
     fn take(&mut self, height: u64, view: u64) -> Vec<ConsensusMessage> {
         let taken = self.by_position.remove(&(height, view)).unwrap_or_default();
         self.len -= taken.len();
-        taken
+        self.bytes -= taken.iter().map(|(_, size)| size).sum::<usize>();
+        taken.into_iter().map(|(message, _)| message).collect()
     }
 
     /// Removes and returns every message for `height`, dropping those below it.
@@ -323,8 +351,13 @@ impl FutureBuffer {
         let mut rest = self.by_position.split_off(&(height, 0));
         let upper = rest.split_off(&(height + 1, 0));
         self.by_position = upper;
-        self.len = self.by_position.values().map(Vec::len).sum();
-        rest.into_values().flatten().collect()
+        let kept = self.by_position.values().flatten();
+        self.len = kept.clone().count();
+        self.bytes = kept.map(|(_, size)| size).sum();
+        rest.into_values()
+            .flatten()
+            .map(|(message, _)| message)
+            .collect()
     }
 }
 
@@ -582,6 +615,16 @@ impl Engine {
         }
     }
 
+    fn future_bounds(&self) -> FutureBounds {
+        FutureBounds {
+            messages: self.config.buffered_messages_max,
+            bytes: self
+                .config
+                .buffered_bytes_max
+                .max(self.config.message_bytes_max.saturating_mul(2)),
+        }
+    }
+
     fn index_of(&self, key: &PublicKey) -> Option<u32> {
         self.set.as_ref().and_then(|s| s.index_of(key))
     }
@@ -601,7 +644,7 @@ impl Engine {
 
     fn on_decoded(&mut self, message: ConsensusMessage, out: &mut Vec<Effect>) {
         if self.set.is_none() {
-            self.future.push(message, self.config.buffered_messages_max);
+            self.future.push(message, self.future_bounds());
             return;
         }
         let height = message.height();
@@ -617,7 +660,7 @@ impl Engine {
             if let ConsensusMessage::Certificate(certificate) = &message {
                 self.on_future_certificate(certificate, out);
             } else if height <= self.height + self.config.future_heights {
-                self.future.push(message, self.config.buffered_messages_max);
+                self.future.push(message, self.future_bounds());
             }
             return;
         }
@@ -835,10 +878,8 @@ impl Engine {
         let view = vote.vote.view;
         if view > self.view {
             if view <= self.view + self.config.future_views {
-                self.future.push(
-                    ConsensusMessage::Vote(vote),
-                    self.config.buffered_messages_max,
-                );
+                let bounds = self.future_bounds();
+                self.future.push(ConsensusMessage::Vote(vote), bounds);
             }
             return;
         }
@@ -1547,19 +1588,64 @@ mod tests {
                 .sign(&domain(), &keys[0]),
             )
         };
+        let three = FutureBounds {
+            messages: 3,
+            bytes: usize::MAX,
+        };
         for height in [5, 3, 9, 4] {
-            buffer.push(vote_at(height), 3);
+            buffer.push(vote_at(height), three);
         }
         // Full at 3: the farthest (9) made room for 4; a farther one is refused.
-        buffer.push(vote_at(12), 3);
+        buffer.push(vote_at(12), three);
         assert_eq!(buffer.len, 3);
         let kept: Vec<u64> = buffer.by_position.keys().map(|(h, _)| *h).collect();
         assert_eq!(kept, vec![3, 4, 5]);
+        let vote_bytes = borsh::object_length(&vote_at(1)).unwrap();
+        assert_eq!(buffer.bytes, 3 * vote_bytes);
         // Starting height 4 hands over its messages and drops those below it.
         assert_eq!(buffer.take_height(4).len(), 1);
         let kept: Vec<u64> = buffer.by_position.keys().map(|(h, _)| *h).collect();
         assert_eq!(kept, vec![5]);
         assert_eq!(buffer.len, 1);
+        assert_eq!(buffer.bytes, vote_bytes);
+        assert_eq!(buffer.take(5, 0).len(), 1);
+        assert_eq!((buffer.len, buffer.bytes), (0, 0));
+    }
+
+    #[test]
+    fn future_buffer_bounds_bytes() {
+        let keys = keys();
+        let proposal_at = |height: u64, block_len: usize| ConsensusMessage::PrePrepare {
+            pre_prepare: SignedPrePrepare::sign(&domain(), &keys[0], height, 0, Hash::ZERO),
+            block: vec![7; block_len],
+        };
+        let size = borsh::object_length(&proposal_at(1, 1000)).unwrap();
+        // Room for two such proposals by bytes, though the count allows many more.
+        let bounds = FutureBounds {
+            messages: 100,
+            bytes: 2 * size + size / 2,
+        };
+        let mut buffer = FutureBuffer::default();
+        buffer.push(proposal_at(4, 1000), bounds);
+        buffer.push(proposal_at(6, 1000), bounds);
+        assert_eq!(buffer.bytes, 2 * size);
+        // A nearer one evicts the farthest; a farther one is refused.
+        buffer.push(proposal_at(5, 1000), bounds);
+        buffer.push(proposal_at(7, 1000), bounds);
+        let kept: Vec<u64> = buffer.by_position.keys().map(|(h, _)| *h).collect();
+        assert_eq!(kept, vec![4, 5]);
+        assert_eq!(buffer.bytes, 2 * size);
+        // One larger than the whole bound is refused without evicting anything.
+        buffer.push(proposal_at(3, 4 * size), bounds);
+        assert_eq!(buffer.len, 2);
+        // A message needing two evictions gets them, when both are farther: this one
+        // encodes to exactly twice `size`.
+        let double = proposal_at(3, size + 1000);
+        assert_eq!(borsh::object_length(&double).unwrap(), 2 * size);
+        buffer.push(double, bounds);
+        let kept: Vec<u64> = buffer.by_position.keys().map(|(h, _)| *h).collect();
+        assert_eq!(kept, vec![3]);
+        assert_eq!((buffer.len, buffer.bytes), (1, 2 * size));
     }
 
     #[test]

@@ -202,6 +202,11 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
     engine_config.view_timeout_base_ms = genesis.params.view_timeout_base_ms;
     engine_config.view_timeout_max_ms = genesis.params.view_timeout_max_ms;
     engine_config.message_bytes_max = max_consensus_bytes;
+    // Messages for later heights and views: at most four of the largest, or the
+    // default if that is more (the engine keeps room for two at least).
+    engine_config.buffered_bytes_max = engine_config
+        .buffered_bytes_max
+        .max(max_consensus_bytes.saturating_mul(4));
     let safety = load_safety(&store)?;
     let engine = Engine::new(engine_config, Some(key.clone()), safety);
     let (status_tx, status_rx) = watch::channel(Default::default());
