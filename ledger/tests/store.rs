@@ -285,3 +285,80 @@ fn tree_memory_stays_bounded_by_the_kept_window() {
     assert_eq!(counts[1], counts[3], "steady state: {counts:?}");
     store.check_integrity().unwrap();
 }
+
+#[test]
+fn prepared_blocks_wait_in_the_next_slot_until_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain(4);
+    let block = |height: usize| &chain.blocks[height - 1].0;
+    let bytes = |height: usize| borsh::to_vec(block(height)).unwrap();
+    {
+        let store = Store::open(dir.path(), &chain.genesis, options(4)).unwrap();
+        commit_all(&store, &chain, 0, 1);
+        // Only for the height after the tip.
+        for height in [1, 3] {
+            assert!(
+                !store
+                    .put_safety_record_with_block(
+                        b"k",
+                        b"never",
+                        height as u64,
+                        block(height).hash(),
+                        &bytes(height),
+                    )
+                    .unwrap()
+            );
+        }
+        assert!(store.safety_record(b"k").unwrap().is_none());
+        assert!(
+            store
+                .put_safety_record_with_block(b"k", b"record", 2, block(2).hash(), &bytes(2))
+                .unwrap()
+        );
+        // Stored, but not a block of the chain until committed.
+        assert!(store.block(2).unwrap().is_none());
+        assert_eq!(
+            store.prepared_block(2, &block(2).hash()).unwrap(),
+            Some(bytes(2))
+        );
+        assert!(store.prepared_block(2, &block(3).hash()).unwrap().is_none());
+    }
+    // Durable: the record and its block are there after reopening.
+    let store = Store::open(dir.path(), &chain.genesis, options(4)).unwrap();
+    assert_eq!(store.safety_record(b"k").unwrap().unwrap(), b"record");
+    assert_eq!(
+        store.prepared_block(2, &block(2).hash()).unwrap(),
+        Some(bytes(2))
+    );
+    assert!(store.block(2).unwrap().is_none());
+    commit_all(&store, &chain, 1, 2);
+    assert_eq!(store.block(2).unwrap().as_ref(), Some(block(2)));
+    // Prepared and then decided in this run: the commit keeps the stored bytes.
+    assert!(
+        store
+            .put_safety_record_with_block(b"k", b"record 3", 3, block(3).hash(), &bytes(3))
+            .unwrap()
+    );
+    commit_all(&store, &chain, 2, 3);
+    assert_eq!(store.block(3).unwrap().as_ref(), Some(block(3)));
+    // Another block prepared than the one decided (a view change): the commit
+    // overwrites it.
+    assert!(
+        store
+            .put_safety_record_with_block(b"k", b"record 4", 4, block(2).hash(), &bytes(2))
+            .unwrap()
+    );
+    commit_all(&store, &chain, 3, 4);
+    assert_eq!(store.block(4).unwrap().as_ref(), Some(block(4)));
+    drop(store);
+    let store = Store::open(dir.path(), &chain.genesis, options(4)).unwrap();
+    for height in 1..=4 {
+        assert_eq!(
+            store.block(height as u64).unwrap().as_ref(),
+            Some(block(height))
+        );
+    }
+    let report = store.check_integrity().unwrap();
+    assert_eq!(report.height, 4);
+    assert_eq!(report.state_root, chain.tip_state_root());
+}

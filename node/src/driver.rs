@@ -230,13 +230,50 @@ fn sets_at_tip(
     Ok((next, previous))
 }
 
-/// Reads the persisted safety state.
+/// Reads the persisted safety state, with its prepared block (which may be stored where
+/// that height's block is kept, see [`store_safety`]).
 pub fn load_safety(store: &Store) -> anyhow::Result<SafetyState> {
-    match store.safety_record(SAFETY_KEY)? {
-        None => Ok(SafetyState::default()),
-        Some(bytes) => borsh::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("the stored consensus safety state is corrupt: {e}")),
+    let Some(bytes) = store.safety_record(SAFETY_KEY)? else {
+        return Ok(SafetyState::default());
+    };
+    let mut state: SafetyState = borsh::from_slice(&bytes)
+        .map_err(|e| anyhow::anyhow!("the stored consensus safety state is corrupt: {e}"))?;
+    if let (Some(prepared), None) = (&state.prepared, &state.prepared_block) {
+        let block = store
+            .prepared_block(prepared.height, &prepared.block_hash)?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the stored consensus safety state prepared block {} at height {}, which is not stored",
+                    prepared.block_hash,
+                    prepared.height
+                )
+            })?;
+        state.prepared_block = Some(block);
     }
+    Ok(state)
+}
+
+/// Writes a safety state durably, for [`load_safety`].
+///
+/// A prepared block of the next height goes where that height's block is kept (in
+/// the same fsynced batch), not inside the record: the commit, usually of that block,
+/// then need not write it again, and an unchanged prepared block is not rewritten
+/// with each record. Other states keep their block inline.
+fn store_safety(store: &Store, mut state: Box<SafetyState>) -> anyhow::Result<()> {
+    let prepared = state
+        .prepared
+        .as_ref()
+        .map(|p| (p.height, p.block_hash))
+        .filter(|(height, _)| *height == state.height);
+    if let (Some((height, block_hash)), Some(block)) = (prepared, state.prepared_block.take()) {
+        let bytes = borsh::to_vec(&*state)?;
+        if store.put_safety_record_with_block(SAFETY_KEY, &bytes, height, block_hash, &block)? {
+            return Ok(());
+        }
+        state.prepared_block = Some(block);
+    }
+    store.put_safety_record(SAFETY_KEY, &borsh::to_vec(&*state)?)?;
+    Ok(())
 }
 
 impl Driver {
@@ -423,9 +460,8 @@ impl Driver {
     /// Writes the engine's latest safety state, if it changed since the last write.
     fn save_safety(&mut self) -> anyhow::Result<()> {
         if let Some(state) = self.unsaved_safety.take() {
-            let bytes = borsh::to_vec(&*state)?;
             let store = self.parts.store.clone();
-            tokio::task::block_in_place(|| store.put_safety_record(SAFETY_KEY, &bytes))?;
+            tokio::task::block_in_place(|| store_safety(&store, state))?;
         }
         Ok(())
     }
@@ -909,6 +945,77 @@ mod tests {
                 _ => "other".into(),
             })
             .collect()
+    }
+
+    #[test]
+    fn safety_states_keep_their_prepared_block_where_the_next_block_goes() {
+        use stele_consensus::{PreparedCertificate, SigningKey};
+        use stele_genesis::testnet::{TestnetOptions, generate_testnet};
+        use stele_ledger::{Header, StoreOptions};
+
+        let dir = tempfile::tempdir().unwrap();
+        let testnet =
+            generate_testnet(&dir.path().join("net"), &TestnetOptions::default()).unwrap();
+        let store = Store::open(
+            &dir.path().join("db"),
+            &testnet.genesis,
+            StoreOptions::default(),
+        )
+        .unwrap();
+        let block = |height: u64| Block {
+            header: Header {
+                chain_id: testnet.genesis.chain_id.clone(),
+                height,
+                parent_hash: Hash::ZERO,
+                time_ms: 1,
+                proposer: SigningKey::from_seed([3; 32]).public_key(),
+                tx_root: Hash::ZERO,
+                receipts_root: Hash::ZERO,
+                state_root: Hash::ZERO,
+                validator_set_hash: Hash::ZERO,
+                next_validator_set_hash: Hash::ZERO,
+                last_commit_hash: Hash::ZERO,
+            },
+            txs: Vec::new(),
+            last_commit: None,
+        };
+        let prepared_at = |height: u64| SafetyState {
+            height,
+            view: 2,
+            prepared: Some(PreparedCertificate {
+                height,
+                view: 2,
+                block_hash: block(height).hash(),
+                signatures: Vec::new(),
+            }),
+            prepared_block: Some(borsh::to_vec(&block(height)).unwrap()),
+            ..SafetyState::default()
+        };
+        let record = |store: &Store| -> SafetyState {
+            borsh::from_slice(&store.safety_record(SAFETY_KEY).unwrap().unwrap()).unwrap()
+        };
+        assert_eq!(load_safety(&store).unwrap(), SafetyState::default());
+
+        // The next height's: the record refers to the block, stored in its slot.
+        store_safety(&store, Box::new(prepared_at(1))).unwrap();
+        assert!(record(&store).prepared_block.is_none());
+        assert_eq!(load_safety(&store).unwrap(), prepared_at(1));
+        assert!(store.block(1).unwrap().is_none(), "not committed");
+
+        // Any other height's (a stale state): the block stays in the record.
+        store_safety(&store, Box::new(prepared_at(5))).unwrap();
+        assert_eq!(record(&store), prepared_at(5));
+        assert_eq!(load_safety(&store).unwrap(), prepared_at(5));
+
+        // A record whose block is not where it says is refused, naming the block.
+        let mut lost = prepared_at(7);
+        lost.prepared_block = None;
+        store
+            .put_safety_record(SAFETY_KEY, &borsh::to_vec(&lost).unwrap())
+            .unwrap();
+        let error = load_safety(&store).unwrap_err().to_string();
+        assert!(error.contains("not stored"), "{error}");
+        assert!(error.contains(&block(7).hash().to_string()), "{error}");
     }
 
     #[test]

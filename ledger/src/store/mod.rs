@@ -159,6 +159,9 @@ pub struct Store {
     versions: RwLock<Versions>,
     /// How many older versions opening rebuilt from undo records.
     rebuilt_versions: u64,
+    /// The block a safety record wrote where the next height's block is kept (height,
+    /// hash), so that committing it does not write it again.
+    prepared: Mutex<Option<(u64, Hash)>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -233,6 +236,7 @@ impl Store {
                 chain: VersionChain::start(&Tree::new()),
             }),
             rebuilt_versions: 0,
+            prepared: Mutex::new(None),
         };
         let stored_genesis = store.db.get_cf(store.cf(CF_META), META_GENESIS_HASH)?;
         match stored_genesis {
@@ -289,7 +293,7 @@ impl Store {
             return Ok(self.genesis.state_delta()?.root);
         }
         Ok(self
-            .block(height)?
+            .stored_block(height)?
             .ok_or_else(|| LedgerError::Corrupt {
                 what: format!("block {height} is missing"),
             })?
@@ -460,8 +464,17 @@ impl Store {
         lock(&self.tip).clone()
     }
 
-    /// The block at `height`.
+    /// The block at `height`, if committed.
     pub fn block(&self, height: u64) -> Result<Option<Block>, LedgerError> {
+        // The next height's slot may hold a prepared, not yet decided, block (see
+        // `put_safety_record_with_block`).
+        if height > self.tip().height {
+            return Ok(None);
+        }
+        self.stored_block(height)
+    }
+
+    fn stored_block(&self, height: u64) -> Result<Option<Block>, LedgerError> {
         self.get_decoded(CF_BLOCKS, &be(height), "block")
     }
 
@@ -539,7 +552,12 @@ impl Store {
             block_bytes + Self::estimated_batch_bytes(&outcome.delta),
         );
         let key = be(height);
-        batch.put_cf(self.cf(CF_BLOCKS), key, encode(block));
+        let block_hash = block.hash();
+        // A safety record may have written this very block already (same hash, so the
+        // same header, transactions and parent certificate).
+        if lock(&self.prepared).take() != Some((height, block_hash)) {
+            batch.put_cf(self.cf(CF_BLOCKS), key, encode(block));
+        }
         batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(certificate));
         batch.put_cf(self.cf(CF_RECEIPTS), key, encode(&outcome.receipts));
         // The index's entries go in in hash order: the memtable's skip list starts each
@@ -566,7 +584,7 @@ impl Store {
         }
         let new_tip = ChainTip {
             height,
-            block_hash: block.hash(),
+            block_hash,
             time_ms: block.header.time_ms,
         };
         batch.put_cf(
@@ -776,6 +794,59 @@ impl Store {
     pub fn put_safety_record(&self, key: &[u8], value: &[u8]) -> Result<(), LedgerError> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_SAFETY), key, value);
+        self.write_safety(batch)
+    }
+
+    /// [`Store::put_safety_record`], with the encoded block (hashing to `block_hash`)
+    /// the record has prepared for `height`, written in the same batch where that
+    /// height's block is kept once committed: if it is the one decided, its commit
+    /// does not write it again, and a block is written once instead of twice.
+    /// [`Store::block`] does not return it until it is committed;
+    /// [`Store::prepared_block`] reads it back for the record. Only for the height
+    /// after the tip: for any other, returns false and writes nothing.
+    pub fn put_safety_record_with_block(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        height: u64,
+        block_hash: Hash,
+        block: &[u8],
+    ) -> Result<bool, LedgerError> {
+        // Commits hold this lock throughout, so the tip cannot move past `height`
+        // between the check and the write.
+        let _versions = write_lock(&self.versions);
+        if height != self.tip().height + 1 {
+            return Ok(false);
+        }
+        let mut prepared = lock(&self.prepared);
+        let mut batch = WriteBatch::with_capacity_bytes(block.len() + value.len() + 256);
+        batch.put_cf(self.cf(CF_SAFETY), key, value);
+        if *prepared != Some((height, block_hash)) {
+            batch.put_cf(self.cf(CF_BLOCKS), be(height), block);
+        }
+        // Until the write succeeds the slot's contents are unknown.
+        *prepared = None;
+        self.write_safety(batch)?;
+        *prepared = Some((height, block_hash));
+        Ok(true)
+    }
+
+    /// The encoded block stored for `height` if it hashes to `block_hash`: for a
+    /// safety record written by [`Store::put_safety_record_with_block`] (for a height
+    /// since committed, the committed block if it is that one).
+    pub fn prepared_block(
+        &self,
+        height: u64,
+        block_hash: &Hash,
+    ) -> Result<Option<Vec<u8>>, LedgerError> {
+        let Some(bytes) = self.db.get_cf(self.cf(CF_BLOCKS), be(height))? else {
+            return Ok(None);
+        };
+        let block: Block = decode("block", &bytes)?;
+        Ok((block.hash() == *block_hash).then_some(bytes))
+    }
+
+    fn write_safety(&self, batch: WriteBatch) -> Result<(), LedgerError> {
         let mut options = WriteOptions::default();
         options.set_sync(true);
         self.db.write_opt(batch, &options)?;
