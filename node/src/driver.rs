@@ -38,7 +38,7 @@ use stele_consensus::{
     SigningKey, ValidatorSet,
 };
 use stele_ledger::exec::{ChainContext, ExecutionOutcome, build_block, validate_block_hashed};
-use stele_ledger::{Account, Block, StateKey, StateReader, Store};
+use stele_ledger::{Block, Store};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -774,17 +774,9 @@ impl Driver {
             let _ = self.parts.net.try_send(NetCommand::Allow(keys));
         }
         {
-            let state = store.state_at(height)?;
-            let next_nonce = |key: &stele_consensus::PublicKey| {
-                state
-                    .decoded::<Account>(StateKey::Account(*key))
-                    .ok()
-                    .flatten()
-                    .map(|a| a.nonce)
-            };
-            let mut pool = self.parts.mempool.lock().expect("mempool lock poisoned");
             let hashes: Vec<Hash> = outcome.receipts.iter().map(|r| r.tx_hash).collect();
-            pool.committed(&block.txs, &hashes, &next_nonce);
+            let mut pool = self.parts.mempool.lock().expect("mempool lock poisoned");
+            pool.committed(&block.txs, &hashes);
             self.parts.metrics.mempool_txs.set(pool.len() as i64);
         }
         self.validated.clear();

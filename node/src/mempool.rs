@@ -280,28 +280,24 @@ impl Mempool {
     }
 
     /// After a block: removes its transactions, then evicts every waiting transaction
-    /// of the touched accounts whose nonce is now below the account's next nonce.
-    /// `hashes` are the transactions' hashes (from their receipts), and `next_nonce`
-    /// gives an account's next nonce after the block.
-    pub fn committed(
-        &mut self,
-        included: &[SignedTransaction],
-        hashes: &[Hash],
-        next_nonce: &dyn Fn(&PublicKey) -> Option<u64>,
-    ) -> usize {
+    /// of their signers whose nonce is now used. `hashes` are the transactions' hashes
+    /// (from their receipts).
+    ///
+    /// A block includes a transaction only at its signer's next nonce, and every
+    /// included one advances it by one, failed or not; so a signer's next nonce after
+    /// the block is one past its last transaction there, without reading the state.
+    pub fn committed(&mut self, included: &[SignedTransaction], hashes: &[Hash]) -> usize {
         debug_assert_eq!(included.len(), hashes.len(), "one hash per transaction");
-        let mut touched: Vec<PublicKey> = Vec::with_capacity(included.len());
+        let mut touched: Vec<(PublicKey, u64)> = Vec::with_capacity(included.len());
         for (tx, hash) in included.iter().zip(hashes) {
             self.remove(hash);
-            touched.push(tx.tx.signer);
+            touched.push((tx.tx.signer, tx.tx.nonce.saturating_add(1)));
         }
-        touched.sort_unstable();
-        touched.dedup();
+        // Each signer once, with its highest next nonce.
+        touched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        touched.dedup_by_key(|(signer, _)| *signer);
         let mut evicted = 0;
-        for signer in touched {
-            let Some(next) = next_nonce(&signer) else {
-                continue;
-            };
+        for (signer, next) in touched {
             let stale: Vec<(u64, Hash)> = match self.accounts.get(&signer) {
                 Some(nonces) => nonces.range(..next).map(|(n, h)| (*n, *h)).collect(),
                 None => continue,
@@ -589,11 +585,46 @@ mod tests {
         assert_eq!(pool.next_nonce(&key.public_key(), 5), 5);
         // A committed block with nonces 0 and 1 removes them; nonce 2 stays.
         let hashes: Vec<Hash> = txs[..2].iter().map(SignedTransaction::hash).collect();
-        let evicted = pool.committed(&txs[..2], &hashes, &|_| Some(2));
+        let evicted = pool.committed(&txs[..2], &hashes);
         assert_eq!(evicted, 0);
         assert_eq!(pool.len(), 1);
-        let evicted = pool.committed(&[], &[], &|_| Some(3));
-        assert_eq!(evicted, 0, "untouched accounts are not re-read");
+        assert_eq!(pool.committed(&[], &[]), 0);
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn a_block_of_other_transactions_evicts_the_nonces_it_used() {
+        let (domain, key, state) = setup();
+        let mut pool = Mempool::new(limits());
+        let ours: Vec<SignedTransaction> = (0..4).map(|n| transfer(&domain, &key, n)).collect();
+        let raw = ours.iter().map(SignedTransaction::encode).collect();
+        let outcomes = submit(&mut pool, &domain, &state, raw);
+        assert!(outcomes.iter().all(|a| matches!(a, Admission::Accepted(_))));
+        // Another node's pool held other transactions of the same signer at nonces 0
+        // to 2 (here: the same transfers, signed again with a different amount), and
+        // they were committed, in the block's order (nonces ascending).
+        let theirs: Vec<SignedTransaction> = (0..3)
+            .map(|nonce| {
+                Transaction {
+                    chain_id: domain.chain_id().to_owned(),
+                    signer: key.public_key(),
+                    nonce,
+                    op: Operation::Transfer {
+                        to: key.public_key(),
+                        amount: 2,
+                    },
+                }
+                .sign(&domain, &key)
+            })
+            .collect();
+        let hashes: Vec<Hash> = theirs.iter().map(SignedTransaction::hash).collect();
+        assert_eq!(pool.committed(&theirs, &hashes), 3);
+        let left: Vec<u64> = pool.candidates(10).iter().map(|t| t.tx.nonce).collect();
+        assert_eq!(left, vec![3]);
+        assert!(matches!(
+            pool.status(&ours[1].hash()),
+            PoolStatus::Rejected(reason) if reason.contains("nonce")
+        ));
     }
 
     #[test]
