@@ -211,6 +211,9 @@ fn crash_and_reopen_many_times() {
             "iteration {iteration}: height went back from {verified} to {}",
             tip.height
         );
+        // `Store::block` hides the next height's slot (a safety record may have put
+        // a prepared block there); the certificate, written in the same batch as a
+        // committed block, shows that no commit went past the tip.
         assert!(
             store.block(tip.height + 1).unwrap().is_none(),
             "a block above the tip"

@@ -236,19 +236,38 @@ pub fn load_safety(store: &Store) -> anyhow::Result<SafetyState> {
     let Some(bytes) = store.safety_record(SAFETY_KEY)? else {
         return Ok(SafetyState::default());
     };
-    let mut state: SafetyState = borsh::from_slice(&bytes)
+    let state: SafetyState = borsh::from_slice(&bytes)
         .map_err(|e| anyhow::anyhow!("the stored consensus safety state is corrupt: {e}"))?;
-    if let (Some(prepared), None) = (&state.prepared, &state.prepared_block) {
-        let block = store
-            .prepared_block(prepared.height, &prepared.block_hash)?
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "the stored consensus safety state prepared block {} at height {}, which is not stored",
-                    prepared.block_hash,
-                    prepared.height
-                )
-            })?;
-        state.prepared_block = Some(block);
+    with_prepared_block(state, store.tip().height, |height, hash| {
+        Ok(store.prepared_block(height, hash)?)
+    })
+}
+
+/// Puts back the prepared block a stored safety state refers to, read with `stored`.
+/// For a height the chain has passed (`tip`), the block may be gone: another block
+/// was decided there and took its slot, and no record was written since (moving to a
+/// height writes none). The engine starts above that height and forgets its records,
+/// so the prepared certificate is dropped with the block; for the next height a
+/// missing block is an error.
+fn with_prepared_block(
+    mut state: SafetyState,
+    tip: u64,
+    stored: impl Fn(u64, &Hash) -> anyhow::Result<Option<Vec<u8>>>,
+) -> anyhow::Result<SafetyState> {
+    let Some(prepared) = state.prepared.as_ref() else {
+        return Ok(state);
+    };
+    if state.prepared_block.is_some() {
+        return Ok(state);
+    }
+    match stored(prepared.height, &prepared.block_hash)? {
+        Some(block) => state.prepared_block = Some(block),
+        None if state.height <= tip => state.prepared = None,
+        None => anyhow::bail!(
+            "the stored consensus safety state prepared block {} at height {}, which is not stored",
+            prepared.block_hash,
+            prepared.height
+        ),
     }
     Ok(state)
 }
@@ -994,7 +1013,8 @@ mod tests {
         assert_eq!(load_safety(&store).unwrap(), prepared_at(1));
         assert!(store.block(1).unwrap().is_none(), "not committed");
 
-        // Any other height's (a stale state): the block stays in the record.
+        // Any other height's (here one ahead of the next): the block stays in the
+        // record.
         store_safety(&store, Box::new(prepared_at(5))).unwrap();
         assert_eq!(record(&store), prepared_at(5));
         assert_eq!(load_safety(&store).unwrap(), prepared_at(5));
@@ -1008,6 +1028,41 @@ mod tests {
         let error = load_safety(&store).unwrap_err().to_string();
         assert!(error.contains("not stored"), "{error}");
         assert!(error.contains(&block(7).hash().to_string()), "{error}");
+    }
+
+    #[test]
+    fn a_prepared_block_that_lost_its_slot_matters_only_above_the_tip() {
+        use stele_consensus::PreparedCertificate;
+        let state = |height: u64| SafetyState {
+            height,
+            view: 1,
+            prepared: Some(PreparedCertificate {
+                height,
+                view: 1,
+                block_hash: Hash::digest(b"prepared"),
+                signatures: Vec::new(),
+            }),
+            ..SafetyState::default()
+        };
+        let nothing = |_: u64, _: &Hash| Ok(None);
+        // Height 4 was decided with another block (tip 4): its records are history.
+        let loaded = with_prepared_block(state(4), 4, nothing).unwrap();
+        assert_eq!(
+            loaded,
+            SafetyState {
+                prepared: None,
+                ..state(4)
+            }
+        );
+        // Height 5 is the next one: its prepared block must be there.
+        assert!(with_prepared_block(state(5), 4, nothing).is_err());
+        // Found: put back, whatever the tip.
+        let found = |height: u64, _: &Hash| Ok(Some(vec![height as u8]));
+        for tip in [4, 5] {
+            let loaded = with_prepared_block(state(5), tip, found).unwrap();
+            assert_eq!(loaded.prepared_block, Some(vec![5]));
+            assert!(loaded.prepared.is_some());
+        }
     }
 
     #[test]

@@ -160,7 +160,8 @@ pub struct Store {
     /// How many older versions opening rebuilt from undo records.
     rebuilt_versions: u64,
     /// The block a safety record wrote where the next height's block is kept (height,
-    /// hash), so that committing it does not write it again.
+    /// hash), so that committing it does not write it again. Commits hold it from
+    /// their height check to the end, as safety writes do theirs.
     prepared: Mutex<Option<(u64, Hash)>>,
 }
 
@@ -519,6 +520,8 @@ impl Store {
         outcome: &ExecutionOutcome,
     ) -> Result<(), LedgerError> {
         let mut versions = write_lock(&self.versions);
+        // Held to the end, so a safety write cannot fill the next slot in between.
+        let mut prepared = lock(&self.prepared);
         let tip = self.tip();
         let height = block.header.height;
         if height != tip.height + 1 {
@@ -555,7 +558,7 @@ impl Store {
         let block_hash = block.hash();
         // A safety record may have written this very block already (same hash, so the
         // same header, transactions and parent certificate).
-        if lock(&self.prepared).take() != Some((height, block_hash)) {
+        if prepared.take() != Some((height, block_hash)) {
             batch.put_cf(self.cf(CF_BLOCKS), key, encode(block));
         }
         batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(certificate));
@@ -813,12 +816,12 @@ impl Store {
         block: &[u8],
     ) -> Result<bool, LedgerError> {
         // Commits hold this lock throughout, so the tip cannot move past `height`
-        // between the check and the write.
-        let _versions = write_lock(&self.versions);
+        // between the check and the write. (Not the versions lock, which readers of
+        // the state take: this write's fsync would hold them up.)
+        let mut prepared = lock(&self.prepared);
         if height != self.tip().height + 1 {
             return Ok(false);
         }
-        let mut prepared = lock(&self.prepared);
         let mut batch = WriteBatch::with_capacity_bytes(block.len() + value.len() + 256);
         batch.put_cf(self.cf(CF_SAFETY), key, value);
         if *prepared != Some((height, block_hash)) {
