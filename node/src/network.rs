@@ -5,7 +5,8 @@
 //!   list closes any other connection right after the Noise handshake proves the
 //!   remote's key. A peer that served bad blocks is blocked for a while.
 //! - **Transactions** travel by gossipsub, in batches, so they also reach peers we are
-//!   not directly connected to.
+//!   not directly connected to. Batches from validators are not relayed: they were
+//!   sent to every validator already (see [`relay_verdict`]).
 //! - **Consensus messages** travel on a direct, long-lived stream to each connected
 //!   peer ([`crate::consensus_streams`]), not by gossipsub. Validators of a permissioned chain are all connected to
 //!   each other, so gossip's relaying adds nothing but extra copies: with gossipsub a
@@ -154,6 +155,9 @@ pub struct NetworkConfig {
     pub max_peers: u32,
     /// Keys allowed to connect, with a name.
     pub allowed: Vec<(PublicKey, String)>,
+    /// Keys of the validators (of the genesis; later ones come by [`NetCommand::Allow`]).
+    /// Transaction batches that arrive from one of them are not relayed.
+    pub validators: Vec<PublicKey>,
     /// Peers to keep dialing.
     pub dial: Vec<(PublicKey, SocketAddr)>,
     /// Topic prefix (the genesis hash), so two chains never share a topic.
@@ -179,6 +183,24 @@ pub fn peer_id(key: &PublicKey) -> Result<PeerId, String> {
     let public = identity::ed25519::PublicKey::try_from_bytes(key.as_bytes())
         .map_err(|e| format!("key {key} is not usable for libp2p: {e}"))?;
     Ok(identity::PublicKey::from(public).to_peer_id())
+}
+
+/// Whether a received transaction batch goes on to our gossip mesh.
+///
+/// Validators are all connected to each other, and each publishes its batches to every
+/// connected peer at once, so a batch that came from a validator has already reached
+/// the others: relaying it sends each of them a second copy, which costs the sender
+/// Noise encryption and the receiver decryption, decoding and hashing before gossip's
+/// duplicate filter drops it (with four validators, about two extra copies for the
+/// three needed). A batch from a peer that is not a validator (a full node taking
+/// submissions) is relayed, since that peer may reach only some validators. A batch
+/// the intake refused, or had no room for, is never relayed.
+fn relay_verdict(accepted: bool, from_validator: bool) -> gossipsub::MessageAcceptance {
+    if accepted && !from_validator {
+        gossipsub::MessageAcceptance::Accept
+    } else {
+        gossipsub::MessageAcceptance::Ignore
+    }
 }
 
 fn multiaddr(address: SocketAddr) -> Multiaddr {
@@ -239,6 +261,8 @@ pub fn spawn(
             gossipsub::MessageId::new(Hash::tagged(b"stele/gossip-id", &[&message.data]).as_bytes())
         })
         .flood_publish(true)
+        // Each batch waits for our verdict before it is relayed (see the handler).
+        .validate_messages()
         .mesh_n(1)
         .mesh_n_low(1)
         .mesh_n_high(2)
@@ -260,6 +284,11 @@ pub fn spawn(
         allowed.allow_peer(peer);
         names.insert(peer, (*key, name.clone()));
     }
+    let validators: HashSet<PeerId> = config
+        .validators
+        .iter()
+        .map(|key| peer_id(key).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
             .with_max_established(Some(config.max_peers))
@@ -328,6 +357,7 @@ pub fn spawn(
         swarm,
         topic,
         names,
+        validators,
         dial,
         connected: HashMap::new(),
         banned: Vec::new(),
@@ -352,6 +382,8 @@ struct NetworkTask {
     swarm: Swarm<Behaviour>,
     topic: gossipsub::IdentTopic,
     names: HashMap<PeerId, (PublicKey, String)>,
+    /// Validators' peer ids: batches from them are not relayed.
+    validators: HashSet<PeerId>,
     dial: Vec<DialTarget>,
     /// Connected peers and one of their addresses.
     connected: HashMap<PeerId, (usize, Multiaddr)>,
@@ -496,6 +528,7 @@ impl NetworkTask {
                 for key in keys {
                     if let Ok(peer) = peer_id(&key) {
                         self.swarm.behaviour_mut().allowed.allow_peer(peer);
+                        self.validators.insert(peer);
                         self.names
                             .entry(peer)
                             .or_insert((key, format!("validator {}", &key.to_hex()[..8])));
@@ -570,11 +603,8 @@ impl NetworkTask {
                         false
                     }
                 };
-                let acceptance = if accepted {
-                    gossipsub::MessageAcceptance::Accept
-                } else {
-                    gossipsub::MessageAcceptance::Ignore
-                };
+                let acceptance =
+                    relay_verdict(accepted, self.validators.contains(&propagation_source));
                 self.swarm
                     .behaviour_mut()
                     .gossip
@@ -661,5 +691,19 @@ pub fn serve_sync(store: &Store, request: SyncRequest) -> SyncResponse {
             }
             SyncResponse::Blocks(blocks)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_batches_from_other_peers_that_the_intake_took_are_relayed() {
+        use gossipsub::MessageAcceptance::{Accept, Ignore};
+        assert!(matches!(relay_verdict(true, false), Accept));
+        assert!(matches!(relay_verdict(true, true), Ignore));
+        assert!(matches!(relay_verdict(false, false), Ignore));
+        assert!(matches!(relay_verdict(false, true), Ignore));
     }
 }

@@ -146,6 +146,7 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
             listen: config.p2p.listen,
             max_peers: config.p2p.max_peers,
             allowed,
+            validators: genesis.validators.iter().map(|v| v.key).collect(),
             dial,
             genesis_hash: genesis.hash(),
             max_consensus_bytes,
