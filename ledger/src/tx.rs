@@ -5,11 +5,9 @@
 //! (chain id and the `Transaction` message kind included), so it cannot be replayed on
 //! another chain or read as a vote. Per-account nonces stop replays on the same chain.
 
-use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
-use lru::LruCache;
+use foldhash::HashMapExt;
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
@@ -274,8 +272,15 @@ pub enum TxSignatureError {
 /// Decompressed signer keys kept from one batch to the next. Decompressing a key costs
 /// about a fifth of a batched signature check, and accounts sign again and again; a
 /// node keeps one cache for all its signature checks. Only valid keys are kept.
+///
+/// A plain hash map, not a least-recently-used list: a lookup is one probe, where an
+/// LRU moved its entry to the front of a linked list on every hit (about 1% of the
+/// machine under load, most of it cache misses on the list's nodes). When it is full, a
+/// new key takes the place of whichever entry the table yields first; the hasher is
+/// seeded per process, so nobody outside can choose which key goes.
 pub struct KeyCache {
-    keys: Mutex<LruCache<PublicKey, VerificationKey>>,
+    keys: Mutex<foldhash::HashMap<PublicKey, VerificationKey>>,
+    capacity: usize,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -287,11 +292,39 @@ impl std::fmt::Debug for KeyCache {
 impl KeyCache {
     /// A cache of at most `capacity` keys (about 250 bytes each).
     pub fn new(capacity: usize) -> KeyCache {
+        let capacity = capacity.max(1);
         KeyCache {
-            keys: Mutex::new(LruCache::new(
-                NonZeroUsize::new(capacity.max(1)).expect("at least 1"),
-            )),
+            // The table grows as keys arrive, up to `capacity`; none is allocated ahead.
+            keys: Mutex::new(foldhash::HashMap::new()),
+            capacity,
         }
+    }
+
+    /// Keys held now.
+    pub fn len(&self) -> usize {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert_all<'k>(&self, new: impl Iterator<Item = (&'k PublicKey, &'k VerificationKey)>) {
+        let mut known = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        for (signer, key) in new {
+            if known.contains_key(signer) {
+                continue;
+            }
+            if known.len() >= self.capacity {
+                let evicted = known.keys().next().copied();
+                if let Some(evicted) = evicted {
+                    known.remove(&evicted);
+                }
+            }
+            known.insert(*signer, *key);
+        }
+        debug_assert!(known.len() <= self.capacity);
     }
 }
 
@@ -314,9 +347,10 @@ pub fn verify_signatures_cached(
     let mut keys: Vec<(usize, VerificationKey)> = Vec::with_capacity(txs.len());
     // One decompression per signer, however many of its transactions the batch holds,
     // and none for the signers the cache knows (its lock is taken twice per batch).
-    let mut decompressed: HashMap<PublicKey, Result<VerificationKey, CryptoError>> = HashMap::new();
+    let mut decompressed: foldhash::HashMap<PublicKey, Result<VerificationKey, CryptoError>> =
+        foldhash::HashMap::with_capacity(txs.len());
     if let Some(cache) = cache {
-        let mut known = cache.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let known = cache.keys.lock().unwrap_or_else(|e| e.into_inner());
         for tx in txs {
             if let Some(key) = known.get(&tx.tx.signer) {
                 decompressed.insert(tx.tx.signer, Ok(*key));
@@ -359,12 +393,11 @@ pub fn verify_signatures_cached(
     if let Some(cache) = cache
         && decompressed.len() > cached
     {
-        let mut known = cache.keys.lock().unwrap_or_else(|e| e.into_inner());
-        for (signer, key) in &decompressed {
-            if let Ok(key) = key {
-                known.put(*signer, *key);
-            }
-        }
+        cache.insert_all(
+            decompressed
+                .iter()
+                .filter_map(|(signer, key)| key.as_ref().ok().map(|key| (signer, key))),
+        );
     }
     results
 }
@@ -458,13 +491,24 @@ mod tests {
             verify_signatures_cached(&domain, &refs, Some(&cache)),
             plain
         );
-        assert_eq!(cache.keys.lock().unwrap().len(), 3, "only the 3 valid keys");
+        assert_eq!(cache.len(), 3, "only the 3 valid keys");
         assert_eq!(
             verify_signatures_cached(&domain, &refs, Some(&cache)),
             plain
         );
         assert_eq!(plain[7], Err(TxSignatureError::BadSignature));
         assert_eq!(plain[13], Err(TxSignatureError::InvalidSignerKey));
+
+        // Full: new keys take the place of old ones, the size stays at the capacity,
+        // and the verdicts do not change.
+        let small = KeyCache::new(2);
+        for _ in 0..2 {
+            assert_eq!(
+                verify_signatures_cached(&domain, &refs, Some(&small)),
+                plain
+            );
+            assert_eq!(small.len(), 2);
+        }
     }
 
     #[test]

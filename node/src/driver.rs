@@ -704,7 +704,7 @@ impl Driver {
             // gossip) for as long as a block takes, which made large blocks slower
             // still and throughput collapse under load.
             let hashes: Vec<Hash> = block.txs.iter().map(|tx| tx.hash()).collect();
-            let pooled: std::collections::HashSet<Hash> = {
+            let pooled: foldhash::HashSet<Hash> = {
                 let pool = mempool.lock().expect("mempool lock poisoned");
                 hashes
                     .iter()
