@@ -4,9 +4,12 @@
 //!   peers), plus validators added later by transaction, may connect: libp2p's allow
 //!   list closes any other connection right after the Noise handshake proves the
 //!   remote's key. A peer that served bad blocks is blocked for a while.
-//! - **Transactions** travel by gossipsub, in batches, so they also reach peers we are
-//!   not directly connected to. Batches from validators are not relayed: they were
-//!   sent to every validator already (see [`relay_verdict`]).
+//! - **Transactions** travel by gossipsub, in batches. A node publishes its batches to
+//!   every peer it is connected to; batches that come from a peer that is not a
+//!   validator are relayed on, so they reach validators that peer is not connected to.
+//!   Batches from validators are not relayed (see [`relay_verdict`]): validators are
+//!   all connected to each other, as consensus needs anyway, so every other validator
+//!   had the batch from its publisher already.
 //! - **Consensus messages** travel on a direct, long-lived stream to each connected
 //!   peer ([`crate::consensus_streams`]), not by gossipsub. Validators of a permissioned chain are all connected to
 //!   each other, so gossip's relaying adds nothing but extra copies: with gossipsub a
@@ -105,7 +108,8 @@ pub enum NetCommand {
         /// Why, for the log.
         reason: String,
     },
-    /// Admit these keys too (validators added by transaction).
+    /// The validator set now in force (after a change by transaction, or at start):
+    /// admit its keys too, and treat them as the validators.
     Allow(Vec<PublicKey>),
 }
 
@@ -193,10 +197,17 @@ pub fn peer_id(key: &PublicKey) -> Result<PeerId, String> {
 /// Noise encryption and the receiver decryption, decoding and hashing before gossip's
 /// duplicate filter drops it (with four validators, about two extra copies for the
 /// three needed). A batch from a peer that is not a validator (a full node taking
-/// submissions) is relayed, since that peer may reach only some validators. A batch
-/// the intake refused, or had no room for, is never relayed.
-fn relay_verdict(accepted: bool, from_validator: bool) -> gossipsub::MessageAcceptance {
-    if accepted && !from_validator {
+/// submissions) is relayed, since that peer may reach only some validators and never
+/// proposes a block itself: whether or not our own intake had room for it. A batch
+/// that does not decode is never relayed.
+///
+/// The cost: if two validators are not connected (a dropped link not yet redialed),
+/// neither gets the other's batches until they are, and each proposes only blocks
+/// without them; the validators that are connected to both still include them.
+/// Consensus messages are not relayed either, so such a pair is already short of
+/// each other's votes.
+fn relay_verdict(decoded: bool, from_validator: bool) -> gossipsub::MessageAcceptance {
+    if decoded && !from_validator {
         gossipsub::MessageAcceptance::Accept
     } else {
         gossipsub::MessageAcceptance::Ignore
@@ -246,9 +257,9 @@ pub fn spawn(
     // A batch is published to every connected peer at once (flood publishing), and
     // validators are all connected to each other, so relaying through a wide mesh only
     // sends each batch again: with the default degree of 6, every validator of four
-    // received each batch three times. A degree of one keeps a relay path for peers we
-    // are not connected to (and gossip's IHAVE announcements) while most validators
-    // receive a batch once.
+    // received each batch three times. Batches from validators are not relayed at all
+    // (`relay_verdict`); for those from other peers, a degree of one keeps a relay path
+    // (and gossip's IHAVE announcements) towards validators they are not connected to.
     //
     // Batches are not signed by their publisher: every transaction in one carries its
     // own signature, which every receiver checks, and each hop is a Noise connection
@@ -525,6 +536,9 @@ impl NetworkTask {
                 self.banned.push((peer, Instant::now() + BAN_DURATION));
             }
             NetCommand::Allow(keys) => {
+                // The set in force now: a validator that left it is relayed for like any
+                // other peer (it stays on the allow list).
+                self.validators.clear();
                 for key in keys {
                     if let Ok(peer) = peer_id(&key) {
                         self.swarm.behaviour_mut().allowed.allow_peer(peer);
@@ -587,16 +601,17 @@ impl NetworkTask {
                 message_id,
                 message,
             })) => {
-                let accepted = match borsh::from_slice::<Vec<Vec<u8>>>(&message.data) {
+                let decoded = match borsh::from_slice::<Vec<Vec<u8>>>(&message.data) {
                     Ok(batch) => {
-                        // Full intake queue: drop the batch here (the transactions stay in
-                        // the sender's pool), and do not forward it.
+                        // Full intake queue: drop the batch here. A validator's
+                        // transactions stay in its pool and reach a block through it;
+                        // another peer's are still relayed (below), since that peer
+                        // proposes no blocks.
                         let len = batch.len() as u64;
-                        let sent = self.txs.try_send(batch).is_ok();
-                        if !sent {
+                        if self.txs.try_send(batch).is_err() {
                             self.metrics.gossip_dropped_txs.inc_by(len);
                         }
-                        sent
+                        true
                     }
                     Err(e) => {
                         debug!(peer = %propagation_source, "malformed transaction batch: {e}");
@@ -604,7 +619,7 @@ impl NetworkTask {
                     }
                 };
                 let acceptance =
-                    relay_verdict(accepted, self.validators.contains(&propagation_source));
+                    relay_verdict(decoded, self.validators.contains(&propagation_source));
                 self.swarm
                     .behaviour_mut()
                     .gossip
@@ -699,7 +714,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_batches_from_other_peers_that_the_intake_took_are_relayed() {
+    fn only_decodable_batches_from_peers_that_are_not_validators_are_relayed() {
         use gossipsub::MessageAcceptance::{Accept, Ignore};
         assert!(matches!(relay_verdict(true, false), Accept));
         assert!(matches!(relay_verdict(true, true), Ignore));
