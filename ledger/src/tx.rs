@@ -327,8 +327,9 @@ impl KeyCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, KeyCacheInner> {
-        // The cache holds no invariant a panicking holder could break halfway that a
-        // later lookup would trust: a key is in `keys` only once it is complete.
+        // Only `insert_all`'s closing assertions can panic while the lock is held, after
+        // every change; each key in the map is whole either way, so a poisoned lock is
+        // taken over rather than stopping every later signature check.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
