@@ -311,21 +311,6 @@ impl KeyCache {
         }
     }
 
-    /// Keys held now.
-    pub fn len(&self) -> usize {
-        self.lock().keys.len()
-    }
-
-    /// Whether no key is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Whether `signer`'s key is held.
-    pub fn contains(&self, signer: &PublicKey) -> bool {
-        self.lock().keys.contains_key(signer)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, KeyCacheInner> {
         // Only `insert_all`'s closing assertions can panic while the lock is held, after
         // every change; each key in the map is whole either way, so a poisoned lock is
@@ -435,6 +420,16 @@ pub fn verify_signatures_cached(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl KeyCache {
+        fn len(&self) -> usize {
+            self.lock().keys.len()
+        }
+
+        fn contains(&self, signer: &PublicKey) -> bool {
+            self.lock().keys.contains_key(signer)
+        }
+    }
 
     fn sample(domain: &SigningDomain, key: &SigningKey, nonce: u64) -> SignedTransaction {
         Transaction {

@@ -245,7 +245,7 @@ impl Mempool {
     /// nonce with no gap (a gap ends that account's run for this block).
     pub fn candidates(&self, max: usize) -> Vec<SignedTransaction> {
         let mut out = Vec::new();
-        let mut seen: foldhash::HashMap<PublicKey, ()> = foldhash::HashMap::new();
+        let mut seen: foldhash::HashSet<PublicKey> = foldhash::HashSet::default();
         for hash in self.arrival.values() {
             if out.len() >= max {
                 break;
@@ -254,7 +254,7 @@ impl Mempool {
                 continue;
             };
             let signer = entry.tx.tx.signer;
-            if seen.insert(signer, ()).is_some() {
+            if !seen.insert(signer) {
                 continue;
             }
             let Some(nonces) = self.accounts.get(&signer) else {
