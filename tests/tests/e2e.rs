@@ -687,6 +687,8 @@ fn a_peer_serving_a_bad_block_is_dropped() {
     cluster.spawn(1).unwrap();
     cluster.spawn(2).unwrap();
     cluster.wait_for_height(3, height, LONG).unwrap();
+    // Node 3 may catch up from node 1 alone, before node 2's API listens.
+    cluster.wait_ready(&[1, 2], LONG).unwrap();
     assert_eq!(cluster.block(3, 2).unwrap()["hash"], true_block_2);
     assert_same_chain(&cluster, &[1, 2, 3], height);
 }
