@@ -88,6 +88,8 @@ impl ExecutionOutcome {
 }
 
 struct Cached<T> {
+    /// The item's tree key (hashed once per block).
+    key: Hash,
     original: Option<Vec<u8>>,
     current: T,
     dirty: bool,
@@ -130,11 +132,13 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
             accounts: BTreeMap::new(),
             validator_set: schedule.next.clone(),
             schedule: Cached {
+                key: StateKey::ValidatorSchedule.hash(),
                 original: Some(schedule_bytes),
                 current: schedule,
                 dirty: false,
             },
             supply: Cached {
+                key: StateKey::Supply.hash(),
                 original: Some(supply_bytes),
                 current: supply,
                 dirty: false,
@@ -439,8 +443,9 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
             .iter()
             .map(|k| StateKey::Account(*k).hash())
             .collect();
-        for (key, original) in wanted.into_iter().zip(self.state.values(&state_keys)?) {
-            self.cache_account(key, original)?;
+        let values = self.state.values(&state_keys)?;
+        for ((key, state_key), original) in wanted.into_iter().zip(state_keys).zip(values) {
+            self.cache_account(key, state_key, original)?;
         }
         Ok(())
     }
@@ -449,13 +454,15 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
         if let Some(cached) = self.accounts.get(key) {
             return Ok(cached.current);
         }
-        let original = self.state.value(&StateKey::Account(*key).hash())?;
-        self.cache_account(*key, original)
+        let state_key = StateKey::Account(*key).hash();
+        let original = self.state.value(&state_key)?;
+        self.cache_account(*key, state_key, original)
     }
 
     fn cache_account(
         &mut self,
         key: PublicKey,
+        state_key: Hash,
         original: Option<Vec<u8>>,
     ) -> Result<Option<Account>, LedgerError> {
         let current = match &original {
@@ -471,6 +478,7 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
         self.accounts.insert(
             key,
             Cached {
+                key: state_key,
                 original,
                 current,
                 dirty: false,
@@ -503,7 +511,13 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
 
     /// Ends the block: moves the validator schedule to the next height, and computes
     /// receipts root, transaction root and the state delta.
-    pub fn finish(mut self) -> Result<ExecutionOutcome, LedgerError> {
+    pub fn finish(self) -> Result<ExecutionOutcome, LedgerError> {
+        self.finish_with(None)
+    }
+
+    /// [`BlockExecutor::finish`], given the transactions' Merkle root when the caller
+    /// already computed it (a validator checks it before executing anything).
+    fn finish_with(mut self, tx_root: Option<Hash>) -> Result<ExecutionOutcome, LedgerError> {
         let next_height = self.height + 1;
         if self
             .schedule
@@ -516,10 +530,10 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
             self.schedule.dirty = true;
         }
         let mut values = Vec::with_capacity(self.accounts.len() + 2);
-        for (key, cached) in &self.accounts {
+        for cached in self.accounts.values() {
             if cached.dirty {
                 values.push(ValueChange {
-                    key: StateKey::Account(*key).hash(),
+                    key: cached.key,
                     old: cached.original.clone(),
                     new: cached.current.as_ref().map(encode),
                 });
@@ -527,14 +541,14 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
         }
         if self.schedule.dirty {
             values.push(ValueChange {
-                key: StateKey::ValidatorSchedule.hash(),
+                key: self.schedule.key,
                 old: self.schedule.original.clone(),
                 new: Some(encode(&self.schedule.current)),
             });
         }
         if self.supply.dirty {
             values.push(ValueChange {
-                key: StateKey::Supply.hash(),
+                key: self.supply.key,
                 old: self.supply.original.clone(),
                 new: Some(encode(&self.supply.current)),
             });
@@ -543,7 +557,7 @@ impl<'a, S: StateReader + ?Sized> BlockExecutor<'a, S> {
         let receipt_hashes: Vec<Hash> = self.receipts.iter().map(Receipt::hash).collect();
         Ok(ExecutionOutcome {
             height: self.height,
-            tx_root: merkle_root(&self.tx_hashes),
+            tx_root: tx_root.unwrap_or_else(|| merkle_root(&self.tx_hashes)),
             receipts_root: merkle_root(&receipt_hashes),
             receipts: self.receipts,
             delta,
@@ -741,7 +755,7 @@ pub fn validate_block_hashed<S: StateReader + ?Sized>(
             Err(ApplyError::State(e)) => return Err(BlockError::State(e)),
         }
     }
-    let outcome = executor.finish()?;
+    let outcome = executor.finish_with(Some(tx_root))?;
     check_outcome(header, &outcome)?;
     Ok(outcome)
 }
