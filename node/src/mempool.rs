@@ -134,7 +134,8 @@ pub struct Mempool {
     arrival: BTreeMap<u64, Hash>,
     next_seq: u64,
     bytes: usize,
-    rejected: LruCache<Hash, String>,
+    /// Hashed with foldhash: every admission looks a hash up here.
+    rejected: LruCache<Hash, String, foldhash::fast::RandomState>,
 }
 
 const REJECTIONS_REMEMBERED: usize = 100_000;
@@ -149,8 +150,9 @@ impl Mempool {
             arrival: BTreeMap::new(),
             next_seq: 0,
             bytes: 0,
-            rejected: LruCache::new(
+            rejected: LruCache::with_hasher(
                 NonZeroUsize::new(REJECTIONS_REMEMBERED).expect("constant is positive"),
+                foldhash::fast::RandomState::default(),
             ),
         }
     }
