@@ -34,8 +34,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
 use stele_consensus::{
-    CommitCertificate, ConsensusMessage, Effect, Engine, Evidence, Hash, Input, SafetyState,
-    SigningKey, ValidatorSet,
+    CommitCertificate, ConsensusMessage, Effect, Engine, Evidence, Hash, Input, PublicKey,
+    SafetyState, SigningKey, ValidatorSet,
 };
 use stele_ledger::exec::{ChainContext, ExecutionOutcome, build_block, validate_block_hashed};
 use stele_ledger::{Block, Store};
@@ -99,6 +99,8 @@ pub struct DriverParts {
     pub net: mpsc::Sender<NetCommand>,
     /// Events from the network.
     pub net_events: mpsc::Receiver<NetEvent>,
+    /// The validator set in force, for the network's admission and relay rules.
+    pub validators: watch::Sender<Vec<PublicKey>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Shortest time between blocks.
@@ -790,7 +792,7 @@ impl Driver {
                 "validator set changes"
             );
             let keys = self.set.validators().iter().map(|v| v.key).collect();
-            let _ = self.parts.net.try_send(NetCommand::Allow(keys));
+            self.parts.validators.send_replace(keys);
         }
         {
             let hashes: Vec<Hash> = outcome.receipts.iter().map(|r| r.tx_hash).collect();

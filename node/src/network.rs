@@ -108,9 +108,6 @@ pub enum NetCommand {
         /// Why, for the log.
         reason: String,
     },
-    /// The validator set now in force (after a change by transaction, or at start):
-    /// admit its keys too, and treat them as the validators.
-    Allow(Vec<PublicKey>),
 }
 
 /// What the network task reports to the consensus driver.
@@ -159,7 +156,7 @@ pub struct NetworkConfig {
     pub max_peers: u32,
     /// Keys allowed to connect, with a name.
     pub allowed: Vec<(PublicKey, String)>,
-    /// Keys of the validators (of the genesis; later ones come by [`NetCommand::Allow`]).
+    /// Keys of the validators (of the genesis; later sets come by [`Network::validators`]).
     /// Transaction batches that arrive from one of them are not relayed.
     pub validators: Vec<PublicKey>,
     /// Peers to keep dialing.
@@ -233,6 +230,10 @@ pub struct Network {
     pub peers: watch::Receiver<Vec<PeerInfo>>,
     /// Our peer id.
     pub local_peer_id: PeerId,
+    /// The validator set in force (after a change by transaction, or at start): its
+    /// keys are admitted too, and treated as the validators. A watch, not a command,
+    /// so a busy command queue cannot drop a change, and only the latest set counts.
+    pub validators: watch::Sender<Vec<PublicKey>>,
 }
 
 /// Starts the network task. Consensus messages and sync answers go to `events`;
@@ -381,11 +382,13 @@ pub fn spawn(
         control,
         outboxes: HashMap::new(),
     };
-    tokio::spawn(task.run(commands_rx));
+    let (validators_tx, validators_rx) = watch::channel(config.validators.clone());
+    tokio::spawn(task.run(commands_rx, validators_rx));
     Ok(Network {
         commands: commands_tx,
         peers: peers_rx,
         local_peer_id,
+        validators: validators_tx,
     })
 }
 
@@ -414,7 +417,11 @@ struct NetworkTask {
 type SyncChannel = request_response::ResponseChannel<SyncResponse>;
 
 impl NetworkTask {
-    async fn run(mut self, mut commands: mpsc::Receiver<NetCommand>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<NetCommand>,
+        mut validators: watch::Receiver<Vec<PublicKey>>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let (answers_tx, mut answers) = mpsc::channel::<(SyncChannel, SyncResponse)>(64);
         loop {
@@ -427,6 +434,10 @@ impl NetworkTask {
                 Some((channel, response)) = answers.recv() => {
                     // The requester may have gone; nothing to do then.
                     let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+                }
+                Ok(()) = validators.changed() => {
+                    let keys = validators.borrow_and_update().clone();
+                    self.set_validators(keys);
                 }
                 _ = tick.tick() => self.on_tick(),
             }
@@ -535,19 +546,20 @@ impl NetworkTask {
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
                 self.banned.push((peer, Instant::now() + BAN_DURATION));
             }
-            NetCommand::Allow(keys) => {
-                // The set in force now: a validator that left it is relayed for like any
-                // other peer (it stays on the allow list).
-                self.validators.clear();
-                for key in keys {
-                    if let Ok(peer) = peer_id(&key) {
-                        self.swarm.behaviour_mut().allowed.allow_peer(peer);
-                        self.validators.insert(peer);
-                        self.names
-                            .entry(peer)
-                            .or_insert((key, format!("validator {}", &key.to_hex()[..8])));
-                    }
-                }
+        }
+    }
+
+    /// Takes `keys` as the validator set in force: a validator that left it is relayed
+    /// for like any other peer (it stays on the allow list).
+    fn set_validators(&mut self, keys: Vec<PublicKey>) {
+        self.validators.clear();
+        for key in keys {
+            if let Ok(peer) = peer_id(&key) {
+                self.swarm.behaviour_mut().allowed.allow_peer(peer);
+                self.validators.insert(peer);
+                self.names
+                    .entry(peer)
+                    .or_insert((key, format!("validator {}", &key.to_hex()[..8])));
             }
         }
     }

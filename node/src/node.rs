@@ -169,7 +169,7 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
             .validator_set()
             .clone();
         let keys = set.validators().iter().map(|v| v.key).collect();
-        network.commands.send(NetCommand::Allow(keys)).await?;
+        network.validators.send_replace(keys);
     }
 
     // Transaction gossip, both ways.
@@ -222,6 +222,7 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
         mempool_notify: mempool_notify.clone(),
         net: network.commands.clone(),
         net_events: net_events_rx,
+        validators: network.validators,
         metrics: metrics.clone(),
         block_interval: Duration::from_millis(config.consensus.block_interval_ms),
         fill_wait: Duration::from_millis(config.consensus.fill_wait_ms),
