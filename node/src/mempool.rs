@@ -134,8 +134,7 @@ pub struct Mempool {
     arrival: BTreeMap<u64, Hash>,
     next_seq: u64,
     bytes: usize,
-    /// Hashed with foldhash: every admission looks a hash up here.
-    rejected: LruCache<Hash, String, foldhash::fast::RandomState>,
+    rejected: LruCache<Hash, String>,
 }
 
 const REJECTIONS_REMEMBERED: usize = 100_000;
@@ -150,9 +149,8 @@ impl Mempool {
             arrival: BTreeMap::new(),
             next_seq: 0,
             bytes: 0,
-            rejected: LruCache::with_hasher(
+            rejected: LruCache::new(
                 NonZeroUsize::new(REJECTIONS_REMEMBERED).expect("constant is positive"),
-                foldhash::fast::RandomState::default(),
             ),
         }
     }
