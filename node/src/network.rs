@@ -156,7 +156,8 @@ pub struct NetworkConfig {
     pub max_peers: u32,
     /// Keys allowed to connect, with a name.
     pub allowed: Vec<(PublicKey, String)>,
-    /// Keys of the validators (of the genesis; later sets come by [`Network::validators`]).
+    /// Keys of the validators in force at start (later sets come by
+    /// [`Network::validators`]); each should be in `allowed` too.
     /// Transaction batches that arrive from one of them are not relayed.
     pub validators: Vec<PublicKey>,
     /// Peers to keep dialing.

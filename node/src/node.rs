@@ -138,6 +138,29 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
         dial.push((key, peer.address));
         allowed.push((key, peer.address.to_string()));
     }
+    // The validator set in force at the tip: validators added by transaction since
+    // genesis may connect too, from the first connection the network accepts.
+    let validators: Vec<PublicKey> = if tip.height > 0 {
+        let state = store.state_at(tip.height)?;
+        let context = ChainContext {
+            domain: domain.clone(),
+            params: genesis.params.clone(),
+            keys: None,
+        };
+        stele_ledger::exec::BlockExecutor::new(&state, &context)?
+            .validator_set()
+            .validators()
+            .iter()
+            .map(|v| v.key)
+            .collect()
+    } else {
+        genesis.validators.iter().map(|v| v.key).collect()
+    };
+    for key in &validators {
+        if !allowed.iter().any(|(k, _)| k == key) {
+            allowed.push((*key, format!("validator {}", &key.to_hex()[..8])));
+        }
+    }
     let (net_events_tx, net_events_rx) = mpsc::channel(8192);
     let (gossip_in_tx, gossip_in_rx) = mpsc::channel::<Vec<Vec<u8>>>(256);
     let network = network::spawn(
@@ -146,7 +169,7 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
             listen: config.p2p.listen,
             max_peers: config.p2p.max_peers,
             allowed,
-            validators: genesis.validators.iter().map(|v| v.key).collect(),
+            validators,
             dial,
             genesis_hash: genesis.hash(),
             max_consensus_bytes,
@@ -157,20 +180,6 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
         gossip_in_tx,
         metrics.clone(),
     )?;
-    // Validators added by transaction since genesis may connect too.
-    if tip.height > 0 {
-        let state = store.state_at(tip.height)?;
-        let context = ChainContext {
-            domain: domain.clone(),
-            params: genesis.params.clone(),
-            keys: None,
-        };
-        let set = stele_ledger::exec::BlockExecutor::new(&state, &context)?
-            .validator_set()
-            .clone();
-        let keys = set.validators().iter().map(|v| v.key).collect();
-        network.validators.send_replace(keys);
-    }
 
     // Transaction gossip, both ways.
     let (gossip_out_tx, gossip_out_rx) = mpsc::channel::<Vec<u8>>(65_536);
