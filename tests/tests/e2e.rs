@@ -298,8 +298,8 @@ fn a_validator_added_by_transaction_joins_and_votes() {
             let bytes = hex::decode(block["certificate"].as_str().unwrap()).unwrap();
             let certificate: stele_consensus::CommitCertificate =
                 borsh::from_slice(&bytes).unwrap();
-            // The new set has five validators of power 1: the quorum is four, so the
-            // newcomer may or may not be among the signers of a given block.
+            // The newcomer (power 1, beside four of power 10) is not needed for a
+            // quorum, so it may or may not be among the signers of a given block.
             if certificate
                 .signatures
                 .iter()
@@ -372,6 +372,81 @@ fn a_peer_missing_from_the_genesis_cannot_connect() {
         let peers = status["peers"].as_array().unwrap();
         assert_eq!(peers.len(), 3, "node {i}: {status}");
         assert!(peers.iter().all(|p| p["key"] != key.as_str()));
+    }
+}
+
+/// A node the genesis does not know, once added as a validator by transaction, is let
+/// in by every validator (the set change reaches their networks), syncs and signs; and
+/// a validator restarted after the change lets it in again (its network starts with
+/// the set at its tip, not the genesis set).
+#[test]
+fn a_stranger_added_as_validator_is_let_in_also_after_a_restart() {
+    let mut options = ClusterOptions::new(4, 26);
+    options.strangers = 1;
+    let mut cluster = Cluster::start(options).unwrap();
+    cluster.wait_ready(&[0, 1, 2, 3, 4], LONG).unwrap();
+    let treasury = cluster.account_key(0).unwrap();
+    let stranger = cluster.nodes[4].key;
+    let add = cluster.sign(
+        &treasury,
+        0,
+        stele_ledger::Operation::AddValidator {
+            key: stranger,
+            power: 1,
+        },
+    );
+    let hash = accepted(&cluster.submit(0, &[add.encode()]).unwrap()).remove(0);
+    let status = cluster.wait_committed(0, &hash, LONG).unwrap();
+    let effective = status["receipt"]["effective_height"].as_u64().unwrap();
+    let alice = cluster.account_key(1).unwrap();
+    let bob = cluster.testnet.accounts[2].key;
+    let signed_by = |cluster: &Cluster, node: usize, height: u64| -> bool {
+        let block = cluster.block(node, height).unwrap();
+        let bytes = hex::decode(block["certificate"].as_str().unwrap()).unwrap();
+        let certificate: stele_consensus::CommitCertificate = borsh::from_slice(&bytes).unwrap();
+        certificate
+            .signatures
+            .iter()
+            .any(|s| s.validator == stranger)
+    };
+    // The stranger (power 1, beside four of power 10) is not needed for a quorum, but
+    // once connected its votes make it into some certificates. Each transaction waits
+    // until the stranger has committed it too.
+    let mut nonce = 0;
+    let mut signed = false;
+    while nonce < 40 && !signed {
+        let tx = cluster.transfer(&alice, nonce, bob, 1);
+        nonce += 1;
+        let hash = accepted(&cluster.submit(1, &[tx.encode()]).unwrap()).remove(0);
+        let height = cluster.wait_committed(4, &hash, LONG).unwrap()["height"]
+            .as_u64()
+            .unwrap();
+        signed = height >= effective && signed_by(&cluster, 4, height);
+    }
+    assert!(signed, "the stranger never signed a certificate");
+    // Node 0 restarts after the change: the stranger must be let in again.
+    assert!(cluster.stop(0));
+    cluster.spawn(0).unwrap();
+    cluster.wait_ready(&[0], LONG).unwrap();
+    let key = stranger.to_hex();
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let status = cluster.status(0).unwrap();
+        let peers = status["peers"].as_array().unwrap();
+        if peers.iter().any(|p| p["key"] == key.as_str()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted node never let the added validator in: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And the five still commit together.
+    let tx = cluster.transfer(&alice, nonce, bob, 1);
+    let hash = accepted(&cluster.submit(0, &[tx.encode()]).unwrap()).remove(0);
+    for i in 0..5 {
+        cluster.wait_committed(i, &hash, LONG).unwrap();
     }
 }
 
