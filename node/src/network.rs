@@ -156,8 +156,8 @@ pub struct NetworkConfig {
     pub max_peers: u32,
     /// Keys allowed to connect, with a name.
     pub allowed: Vec<(PublicKey, String)>,
-    /// Keys of the validators in force at start (later sets come by
-    /// [`Network::validators`]); each should be in `allowed` too.
+    /// Keys of the validators in force at start, admitted like `allowed` (later sets
+    /// come by [`Network::validators`]).
     /// Transaction batches that arrive from one of them are not relayed.
     pub validators: Vec<PublicKey>,
     /// Peers to keep dialing.
@@ -297,11 +297,9 @@ pub fn spawn(
         allowed.allow_peer(peer);
         names.insert(peer, (*key, name.clone()));
     }
-    let validators: HashSet<PeerId> = config
-        .validators
-        .iter()
-        .map(|key| peer_id(key).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<_>>()?;
+    for key in &config.validators {
+        peer_id(key).map_err(|e| anyhow::anyhow!("validator key {key}: {e}"))?;
+    }
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
             .with_max_established(Some(config.max_peers))
@@ -366,11 +364,11 @@ pub fn spawn(
         .collect();
     let (commands_tx, commands_rx) = mpsc::channel(4096);
     let (peers_tx, peers_rx) = watch::channel(Vec::new());
-    let task = NetworkTask {
+    let mut task = NetworkTask {
         swarm,
         topic,
         names,
-        validators,
+        validators: HashSet::new(),
         dial,
         connected: HashMap::new(),
         banned: Vec::new(),
@@ -383,7 +381,9 @@ pub fn spawn(
         control,
         outboxes: HashMap::new(),
     };
-    let (validators_tx, validators_rx) = watch::channel(config.validators.clone());
+    // Before the task polls the swarm, so no connection is judged without them.
+    task.set_validators(config.validators.clone());
+    let (validators_tx, validators_rx) = watch::channel(config.validators);
     tokio::spawn(task.run(commands_rx, validators_rx));
     Ok(Network {
         commands: commands_tx,

@@ -156,11 +156,6 @@ pub async fn run(home: Home) -> anyhow::Result<()> {
     } else {
         genesis.validators.iter().map(|v| v.key).collect()
     };
-    for key in &validators {
-        if !allowed.iter().any(|(k, _)| k == key) {
-            allowed.push((*key, format!("validator {}", &key.to_hex()[..8])));
-        }
-    }
     let (net_events_tx, net_events_rx) = mpsc::channel(8192);
     let (gossip_in_tx, gossip_in_rx) = mpsc::channel::<Vec<Vec<u8>>>(256);
     let network = network::spawn(
