@@ -38,6 +38,58 @@ fn accepted(results: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Adds node `node`'s key as a validator of power 1 (the treasury's first
+/// transaction, through node 0); returns the height from which it counts.
+fn add_validator(cluster: &Cluster, node: usize) -> u64 {
+    let treasury = cluster.account_key(0).unwrap();
+    let add = cluster.sign(
+        &treasury,
+        0,
+        stele_ledger::Operation::AddValidator {
+            key: cluster.nodes[node].key,
+            power: 1,
+        },
+    );
+    let hash = accepted(&cluster.submit(0, &[add.encode()]).unwrap()).remove(0);
+    let status = cluster.wait_committed(0, &hash, LONG).unwrap();
+    status["receipt"]["effective_height"].as_u64().unwrap()
+}
+
+/// Commits transfers (account 1's, from nonce `*nonce` on, through node 1), each
+/// waited for on node `node`, until a certificate at `effective` or above carries
+/// `node`'s signature, for at most `tries` transfers. An added validator of power 1,
+/// beside four of power 10, is not needed for a quorum, so it may or may not be among
+/// the signers of a given block.
+fn commit_until_signed_by(
+    cluster: &Cluster,
+    node: usize,
+    effective: u64,
+    nonce: &mut u64,
+    tries: u64,
+) -> bool {
+    let alice = cluster.account_key(1).unwrap();
+    let bob = cluster.testnet.accounts[2].key;
+    let key = cluster.nodes[node].key;
+    for _ in 0..tries {
+        let tx = cluster.transfer(&alice, *nonce, bob, 1);
+        *nonce += 1;
+        let hash = accepted(&cluster.submit(1, &[tx.encode()]).unwrap()).remove(0);
+        let height = cluster.wait_committed(node, &hash, LONG).unwrap()["height"]
+            .as_u64()
+            .unwrap();
+        if height < effective {
+            continue;
+        }
+        let block = cluster.block(node, height).unwrap();
+        let bytes = hex::decode(block["certificate"].as_str().unwrap()).unwrap();
+        let certificate: stele_consensus::CommitCertificate = borsh::from_slice(&bytes).unwrap();
+        if certificate.signatures.iter().any(|s| s.validator == key) {
+            return true;
+        }
+    }
+    false
+}
+
 #[test]
 fn four_validators_commit_transfers_and_agree() {
     let cluster = Cluster::start(ClusterOptions::new(4, 11)).unwrap();
@@ -271,47 +323,9 @@ fn a_validator_added_by_transaction_joins_and_votes() {
     options.observers = 1;
     let cluster = Cluster::start(options).unwrap();
     cluster.wait_ready(&[0, 1, 2, 3, 4], LONG).unwrap();
-    let treasury = cluster.account_key(0).unwrap();
-    let newcomer = cluster.nodes[4].key;
-    let add = cluster.sign(
-        &treasury,
-        0,
-        stele_ledger::Operation::AddValidator {
-            key: newcomer,
-            power: 1,
-        },
-    );
-    let hash = accepted(&cluster.submit(0, &[add.encode()]).unwrap()).remove(0);
-    let status = cluster.wait_committed(0, &hash, LONG).unwrap();
-    let effective = status["receipt"]["effective_height"].as_u64().unwrap();
-    // Drive the chain past the effective height.
-    let alice = cluster.account_key(1).unwrap();
-    let bob = cluster.testnet.accounts[2].key;
-    let mut signed_by_newcomer = false;
-    for nonce in 0..30 {
-        let tx = cluster.transfer(&alice, nonce, bob, 1);
-        let hash = accepted(&cluster.submit(1, &[tx.encode()]).unwrap()).remove(0);
-        let status = cluster.wait_committed(4, &hash, LONG).unwrap();
-        let height = status["height"].as_u64().unwrap();
-        if height >= effective {
-            let block = cluster.block(4, height).unwrap();
-            let bytes = hex::decode(block["certificate"].as_str().unwrap()).unwrap();
-            let certificate: stele_consensus::CommitCertificate =
-                borsh::from_slice(&bytes).unwrap();
-            // The newcomer (power 1, beside four of power 10) is not needed for a
-            // quorum, so it may or may not be among the signers of a given block.
-            if certificate
-                .signatures
-                .iter()
-                .any(|s| s.validator == newcomer)
-            {
-                signed_by_newcomer = true;
-                break;
-            }
-        }
-    }
+    let effective = add_validator(&cluster, 4);
     assert!(
-        signed_by_newcomer,
+        commit_until_signed_by(&cluster, 4, effective, &mut 0, 30),
         "the added validator never signed a certificate"
     );
     let status = cluster.status(4).unwrap();
@@ -385,45 +399,13 @@ fn a_stranger_added_as_validator_is_let_in_also_after_a_restart() {
     options.strangers = 1;
     let mut cluster = Cluster::start(options).unwrap();
     cluster.wait_ready(&[0, 1, 2, 3, 4], LONG).unwrap();
-    let treasury = cluster.account_key(0).unwrap();
     let stranger = cluster.nodes[4].key;
-    let add = cluster.sign(
-        &treasury,
-        0,
-        stele_ledger::Operation::AddValidator {
-            key: stranger,
-            power: 1,
-        },
-    );
-    let hash = accepted(&cluster.submit(0, &[add.encode()]).unwrap()).remove(0);
-    let status = cluster.wait_committed(0, &hash, LONG).unwrap();
-    let effective = status["receipt"]["effective_height"].as_u64().unwrap();
-    let alice = cluster.account_key(1).unwrap();
-    let bob = cluster.testnet.accounts[2].key;
-    let signed_by = |cluster: &Cluster, node: usize, height: u64| -> bool {
-        let block = cluster.block(node, height).unwrap();
-        let bytes = hex::decode(block["certificate"].as_str().unwrap()).unwrap();
-        let certificate: stele_consensus::CommitCertificate = borsh::from_slice(&bytes).unwrap();
-        certificate
-            .signatures
-            .iter()
-            .any(|s| s.validator == stranger)
-    };
-    // The stranger (power 1, beside four of power 10) is not needed for a quorum, but
-    // once connected its votes make it into some certificates. Each transaction waits
-    // until the stranger has committed it too.
+    let effective = add_validator(&cluster, 4);
     let mut nonce = 0;
-    let mut signed = false;
-    while nonce < 40 && !signed {
-        let tx = cluster.transfer(&alice, nonce, bob, 1);
-        nonce += 1;
-        let hash = accepted(&cluster.submit(1, &[tx.encode()]).unwrap()).remove(0);
-        let height = cluster.wait_committed(4, &hash, LONG).unwrap()["height"]
-            .as_u64()
-            .unwrap();
-        signed = height >= effective && signed_by(&cluster, 4, height);
-    }
-    assert!(signed, "the stranger never signed a certificate");
+    assert!(
+        commit_until_signed_by(&cluster, 4, effective, &mut nonce, 40),
+        "the stranger never signed a certificate"
+    );
     // Node 0 restarts after the change: the stranger must be let in again.
     assert!(cluster.stop(0));
     cluster.spawn(0).unwrap();
@@ -443,6 +425,8 @@ fn a_stranger_added_as_validator_is_let_in_also_after_a_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // And the five still commit together.
+    let alice = cluster.account_key(1).unwrap();
+    let bob = cluster.testnet.accounts[2].key;
     let tx = cluster.transfer(&alice, nonce, bob, 1);
     let hash = accepted(&cluster.submit(0, &[tx.encode()]).unwrap()).remove(0);
     for i in 0..5 {
